@@ -1,0 +1,151 @@
+"""Wire a :class:`RunConfig` into data, model, strategy, loop and MLflow run.
+
+Everything that can be checked before training (names, data, paths) is
+checked before the MLflow run starts, so bad input leaves no run behind; a
+failure after that ends the run FAILED.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedlight.config import RunConfig
+from fedlight.data import FederatedData, build_federated_data, load_source
+from fedlight.errors import ConfigError
+from fedlight.loop import FederatedLoop, ProgressReporter, RoundListener
+from fedlight.models import build_model
+from fedlight.plots import convergence_figure
+from fedlight.strategies import build_strategy
+from fedlight.tracking import MlflowRun
+
+
+def load_federated_data(config: RunConfig) -> FederatedData:
+    d = config.data
+    source = load_source(d.dataset, d.data_dir, seed=config.training.seed)
+    return build_federated_data(
+        source,
+        partition=d.partition,
+        num_clients=d.num_clients,
+        dirichlet_beta=d.dirichlet_beta,
+        shards_per_client=d.shards_per_client,
+        volume=d.volume,
+        val_fraction=d.val_fraction,
+        noisy_client_fraction=d.noisy_client_fraction,
+        label_noise=d.label_noise,
+        label_noise_mode=d.label_noise_mode,
+        image_noise_std=d.image_noise_std,
+        seed=config.training.seed,
+    )
+
+
+def run_tags(config: RunConfig) -> dict[str, str]:
+    """Tags that make MLflow's compare view useful across strategies."""
+    return {
+        "strategy": config.strategy.name,
+        "dataset": config.data.dataset,
+        "partition": config.data.partition,
+        "model": config.training.model,
+        "seed": str(config.training.seed),
+        "noisy_clients": "yes" if config.data.noisy_client_fraction > 0 and config.data.label_noise + config.data.image_noise_std > 0 else "no",
+    }
+
+
+def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(path)
+
+
+def run_experiment(
+    config: RunConfig,
+    *,
+    config_path: str | Path | None = None,
+    output_json: str | Path | None = None,
+    extra_listeners: Sequence[RoundListener] = (),
+    progress: bool = True,
+    parent_run_id: str | None = None,
+) -> dict[str, Any]:
+    """Train one federated run, log it to MLflow and return its summary."""
+    started = time.perf_counter()
+    t = config.training
+    if output_json is not None:
+        output_json = Path(output_json)
+        if not output_json.parent.is_dir():
+            raise ConfigError(f"--output-json: directory {output_json.parent} does not exist")
+    strategy = build_strategy(config.strategy.name)
+    data = load_federated_data(config)
+    if t.clients_per_round > len(data.clients):
+        raise ConfigError(f"--clients-per-round {t.clients_per_round} exceeds the {len(data.clients)} clients")
+    torch.manual_seed(t.seed)
+    model = build_model(t.model, data.input_shape, data.num_classes)
+
+    tracker = MlflowRun(
+        tracking_uri=config.tracking.tracking_uri,
+        experiment=config.tracking.experiment,
+        run_name=config.tracking.run_name,
+        tags=run_tags(config),
+        params=config.flat_params(),
+        parent_run_id=parent_run_id,
+    )
+    with tracker:
+        tracker.log_dict(config.to_dict(), "config/resolved.yaml")
+        if config_path is not None:
+            tracker.log_artifact(config_path, "config")
+        tracker.log_dict(
+            {
+                "corrupted_clients": data.corrupted_clients,
+                "corrupted_client_names": [data.clients[c].name for c in data.corrupted_clients],
+                **data.describe(),
+            },
+            "data/clients.json",
+        )
+        listeners: list[RoundListener] = [tracker, *extra_listeners]
+        if progress:
+            listeners.append(ProgressReporter(t.rounds))
+        loop = FederatedLoop(
+            model=model,
+            data=data,
+            strategy=strategy,
+            rounds=t.rounds,
+            clients_per_round=t.clients_per_round,
+            local_epochs=t.local_epochs,
+            batch_size=t.batch_size,
+            lr=t.lr,
+            momentum=t.momentum,
+            eval_every=t.eval_every,
+            seed=t.seed,
+            listeners=listeners,
+        )
+        try:
+            history = loop.run()
+        finally:
+            loop.store.close()
+        final = loop.final_metrics()
+        wall_time = time.perf_counter() - started
+        import mlflow
+
+        mlflow.log_metrics({f"final_{k}": v for k, v in final.items()} | {"wall_time_s": wall_time})
+        tracker.log_dict(history, "history.json")
+        tracker.log_figure(
+            convergence_figure(history, title=f"{config.strategy.name} on {config.data.dataset} ({config.data.partition})"),
+            "plots/convergence.png",
+        )
+        tracker.log_model(model, example=data.test_x[:2].clone(), registered_model=config.tracking.registered_model)
+        summary = {
+            "run_id": tracker.run_id,
+            "experiment": config.tracking.experiment,
+            "strategy": config.strategy.name,
+            "rounds": t.rounds,
+            "final": final,
+            "history": history,
+            "wall_time_s": time.perf_counter() - started,
+        }
+        if output_json is not None:
+            _write_json_atomically(output_json, summary)
+    return summary
