@@ -58,7 +58,25 @@ class TrainingConfig:
 
 @dataclass
 class StrategyConfig:
+    """The strategy's name and every strategy's options; each strategy takes the ones it declares."""
+
     name: str = "fedavg"
+    prox_mu: float = 0.01
+    server_lr: float | None = None  # None: the strategy's own default (SCAFFOLD 1.0, FedAdam 0.01)
+    server_beta1: float = 0.9
+    server_beta2: float = 0.99
+    server_tau: float = 1e-3
+    moon_mu: float = 1.0
+    moon_tau: float = 0.5
+    alpha_rule: str = "quality"
+    alpha_momentum: float = 0.9
+    alpha_min: float = 0.0
+    alpha_max: float = 1.0
+    alpha_temperature: float = 0.25
+    alpha_tolerance: float = 0.5
+
+    def options(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
 
 
 @dataclass
@@ -120,6 +138,19 @@ CLI_FIELDS: dict[str, tuple[str, str]] = {
     "eval_every": ("training", "eval_every"),
     "seed": ("training", "seed"),
     "strategy": ("strategy", "name"),
+    "prox_mu": ("strategy", "prox_mu"),
+    "server_lr": ("strategy", "server_lr"),
+    "server_beta1": ("strategy", "server_beta1"),
+    "server_beta2": ("strategy", "server_beta2"),
+    "server_tau": ("strategy", "server_tau"),
+    "moon_mu": ("strategy", "moon_mu"),
+    "moon_tau": ("strategy", "moon_tau"),
+    "alpha_rule": ("strategy", "alpha_rule"),
+    "alpha_momentum": ("strategy", "alpha_momentum"),
+    "alpha_min": ("strategy", "alpha_min"),
+    "alpha_max": ("strategy", "alpha_max"),
+    "alpha_temperature": ("strategy", "alpha_temperature"),
+    "alpha_tolerance": ("strategy", "alpha_tolerance"),
     "experiment": ("tracking", "experiment"),
     "tracking_uri": ("tracking", "tracking_uri"),
     "run_name": ("tracking", "run_name"),
@@ -227,3 +258,15 @@ def validate(config: RunConfig) -> None:
     _require(0 <= t.momentum < 1, f"--momentum must be in [0, 1), got {t.momentum}")
     _require(t.eval_every > 0, f"--eval-every must be positive, got {t.eval_every}")
     _require(bool(config.tracking.experiment), "--experiment must not be empty")
+    st = config.strategy
+    _require(st.prox_mu >= 0, f"--prox-mu must be non-negative, got {st.prox_mu}")
+    _require(st.server_lr is None or st.server_lr > 0, f"--server-lr must be positive, got {st.server_lr}")
+    _require(0 <= st.server_beta1 < 1 and 0 <= st.server_beta2 < 1, "--server-beta1 and --server-beta2 must be in [0, 1)")
+    _require(st.server_tau > 0, f"--server-tau must be positive, got {st.server_tau}")
+    _require(st.moon_mu >= 0, f"--moon-mu must be non-negative, got {st.moon_mu}")
+    _require(st.moon_tau > 0, f"--moon-tau must be positive, got {st.moon_tau}")
+    _require(0 < st.alpha_momentum <= 1, f"--alpha-momentum must be in (0, 1], got {st.alpha_momentum}")
+    _require(0 <= st.alpha_min <= st.alpha_max, f"need 0 <= --alpha-min <= --alpha-max, got {st.alpha_min}, {st.alpha_max}")
+    _require(st.alpha_max > 0, f"--alpha-max must be positive, got {st.alpha_max}")
+    _require(st.alpha_temperature > 0, f"--alpha-temperature must be positive, got {st.alpha_temperature}")
+    _require(st.alpha_tolerance >= 0, f"--alpha-tolerance must be non-negative, got {st.alpha_tolerance}")

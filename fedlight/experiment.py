@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import torch
 
 from fedlight.config import RunConfig
@@ -20,7 +21,7 @@ from fedlight.data import FederatedData, build_federated_data, load_source
 from fedlight.errors import ConfigError
 from fedlight.loop import FederatedLoop, ProgressReporter, RoundListener
 from fedlight.models import build_model
-from fedlight.plots import convergence_figure
+from fedlight.plots import alpha_figure, convergence_figure
 from fedlight.strategies import build_strategy
 from fedlight.tracking import MlflowRun
 
@@ -48,12 +49,37 @@ def run_tags(config: RunConfig) -> dict[str, str]:
     """Tags that make MLflow's compare view useful across strategies."""
     return {
         "strategy": config.strategy.name,
+        "alpha_rule": config.strategy.alpha_rule if config.strategy.name == "adaptive" else "-",
         "dataset": config.data.dataset,
         "partition": config.data.partition,
         "model": config.training.model,
         "seed": str(config.training.seed),
         "noisy_clients": "yes" if config.data.noisy_client_fraction > 0 and config.data.label_noise + config.data.image_noise_std > 0 else "no",
     }
+
+
+def _log_alphas(tracker: MlflowRun, history: list[dict[str, float]], data: FederatedData) -> None:
+    """Alpha trajectories (plot and table) and the final mean alpha of corrupted vs clean parties."""
+    figure = alpha_figure(history, data.corrupted_clients)
+    if figure is None:
+        return
+    tracker.log_figure(figure, "plots/alpha_trajectories.png")
+    latest: dict[int, float] = {}
+    table = []
+    for row in history:
+        for key, value in row.items():
+            if key.startswith("alpha/"):
+                cid = int(key.split("/", 1)[1])
+                latest[cid] = value
+                table.append({"round": row["round"], "client": cid, "name": data.clients[cid].name,
+                              "corrupted": cid in data.corrupted_clients, "alpha": value})
+    tracker.log_dict(table, "alpha_table.json")
+    bad = [a for c, a in latest.items() if c in data.corrupted_clients]
+    good = [a for c, a in latest.items() if c not in data.corrupted_clients]
+    summary = {"final_alpha_clean_mean": sum(good) / len(good)} if good else {}
+    if bad:
+        summary["final_alpha_corrupted_mean"] = sum(bad) / len(bad)
+    mlflow.log_metrics(summary)
 
 
 def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
@@ -78,8 +104,11 @@ def run_experiment(
         output_json = Path(output_json)
         if not output_json.parent.is_dir():
             raise ConfigError(f"--output-json: directory {output_json.parent} does not exist")
-    strategy = build_strategy(config.strategy.name)
+    build_strategy(config.strategy.name, config.strategy.options())  # fail on bad options before loading data
     data = load_federated_data(config)
+    strategy = build_strategy(
+        config.strategy.name, {**config.strategy.options(), "excluded_clients": data.corrupted_clients}
+    )
     if t.clients_per_round > len(data.clients):
         raise ConfigError(f"--clients-per-round {t.clients_per_round} exceeds the {len(data.clients)} clients")
     torch.manual_seed(t.seed)
@@ -128,10 +157,9 @@ def run_experiment(
             loop.store.close()
         final = loop.final_metrics()
         wall_time = time.perf_counter() - started
-        import mlflow
-
         mlflow.log_metrics({f"final_{k}": v for k, v in final.items()} | {"wall_time_s": wall_time})
         tracker.log_dict(history, "history.json")
+        _log_alphas(tracker, history, data)
         tracker.log_figure(
             convergence_figure(history, title=f"{config.strategy.name} on {config.data.dataset} ({config.data.partition})"),
             "plots/convergence.png",

@@ -31,3 +31,29 @@ def convergence_figure(history: Sequence[dict[str, float]], title: str = "") -> 
     if title:
         fig.suptitle(title)
     return fig
+
+
+def alpha_figure(history: Sequence[dict[str, float]], corrupted: Sequence[int] = ()) -> Figure | None:
+    """Each party's trust weight alpha over the rounds it took part in; None without alphas."""
+    series: dict[int, list[tuple[int, float]]] = {}
+    for row in history:
+        for key, value in row.items():
+            if key.startswith("alpha/"):
+                series.setdefault(int(key.split("/", 1)[1]), []).append((row["round"], value))
+    if not series:
+        return None
+    bad = set(corrupted)
+    fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
+    for cid, points in sorted(series.items()):
+        rounds, alphas = zip(*points)
+        ax.plot([0, *rounds], [1.0, *alphas], marker=".", ms=4, lw=0.8,
+                color="tab:red" if cid in bad else "tab:gray", alpha=0.8 if cid in bad else 0.35)
+    ax.plot([], [], color="tab:gray", label="clean party")
+    if bad:
+        ax.plot([], [], color="tab:red", label="corrupted party")
+    ax.set_xlabel("round")
+    ax.set_ylabel("trust weight alpha")
+    ax.set_title("Adaptive aggregator: alpha per party (starts at 1)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig

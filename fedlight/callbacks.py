@@ -1,0 +1,147 @@
+"""Client-side algorithm logic as Lightning callbacks.
+
+Each callback joins one client's local fit through its strategy's
+``configure_round``; none of them copies the training loop. Gradient edits
+happen in ``on_before_optimizer_step``; extra loss terms implement
+:class:`~fedlight.client.LossTerm`; what the server needs back goes into
+``pl_module.report``; what the client keeps goes into the state store.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Callback
+
+from fedlight.client import ClientModule, LossTerm
+from fedlight.state import ClientStateStore
+
+Params = dict[str, torch.Tensor]
+
+
+def _trainable(module: ClientModule) -> dict[str, torch.nn.Parameter]:
+    return {name: p for name, p in module.model.named_parameters() if p.requires_grad}
+
+
+class ProximalTerm(Callback):
+    """FedProx's proximal term mu/2 * ||w - w_global||^2, applied as its gradient.
+
+    Adding ``mu * (w - w_global)`` to each gradient is exactly the gradient of
+    the term and costs no extra forward pass. ``w_global`` is the model as the
+    fit starts (the loop loads the global weights before fitting).
+    """
+
+    def __init__(self, mu: float):
+        self.mu = mu
+        self._anchor: dict[str, torch.Tensor] = {}
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: ClientModule) -> None:
+        self._anchor = {n: p.detach().clone() for n, p in _trainable(pl_module).items()}
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: ClientModule, optimizer) -> None:
+        for name, p in _trainable(pl_module).items():
+            if p.grad is not None:
+                p.grad.add_(p.detach() - self._anchor[name], alpha=self.mu)
+
+
+class ScaffoldCorrection(Callback):
+    """SCAFFOLD's drift correction and option-II control-variate update.
+
+    Each local step uses ``grad + c - c_i``. After the fit, with K the optimizer
+    steps actually taken and lr the local learning rate,
+    ``c_i+ = c_i - c + (x - y_i) / (K * lr)``; ``c_i+`` is kept in the client's
+    store and ``delta_c = c_i+ - c_i`` is reported to the server.
+    """
+
+    def __init__(self, *, client_id: int, store: ClientStateStore, server_control: Params, client_control: Params):
+        self.client_id = client_id
+        self.store = store
+        self.server_control = server_control
+        self.client_control = client_control
+        self._start: Params = {}
+        self._correction: Params = {}
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: ClientModule) -> None:
+        params = _trainable(pl_module)
+        self._start = {n: p.detach().clone() for n, p in params.items()}
+        self._correction = {n: self.server_control[n] - self.client_control[n] for n in params}
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: ClientModule, optimizer) -> None:
+        for name, p in _trainable(pl_module).items():
+            if p.grad is not None:
+                p.grad.add_(self._correction[name])
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: ClientModule) -> None:
+        steps = int(trainer.global_step)
+        if steps == 0:
+            raise RuntimeError("SCAFFOLD client took no optimizer step")
+        scale = 1.0 / (steps * pl_module.lr)
+        new_control = {}
+        for name, p in _trainable(pl_module).items():
+            new_control[name] = (
+                self.client_control[name] - self.server_control[name] + (self._start[name] - p.detach()) * scale
+            )
+        pl_module.report["control_delta"] = {n: new_control[n] - self.client_control[n] for n in new_control}
+        self.store.put(self.client_id, "scaffold_control", new_control)
+
+
+class MoonContrastive(LossTerm):
+    """MOON's model-contrastive term mu * l_con on the projection output z.
+
+    l_con = -log(exp(cos(z, z_glob)/tau) / (exp(cos(z, z_glob)/tau) + exp(cos(z, z_prev)/tau))),
+    with z_glob from the frozen global model and z_prev from the client's
+    frozen previous local model (the global model on its first round). The
+    new local model is kept in the store as the next round's previous model.
+    """
+
+    def __init__(self, *, client_id: int, store: ClientStateStore, mu: float, tau: float):
+        self.client_id = client_id
+        self.store = store
+        self.mu = mu
+        self.tau = tau
+        self._global = None
+        self._previous = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: ClientModule) -> None:
+        self._global = copy.deepcopy(pl_module.model).eval().requires_grad_(False)
+        self._previous = copy.deepcopy(self._global)
+        previous = self.store.get(self.client_id, "moon_previous")
+        if previous is not None:
+            self._previous.load_state_dict(previous)
+
+    def loss_term(self, module, x, y, embedding, logits) -> torch.Tensor:
+        with torch.no_grad():
+            z_global = self._global.embed(x)
+            z_previous = self._previous.embed(x)
+        similarities = torch.stack(
+            [F.cosine_similarity(embedding, z_global, dim=1), F.cosine_similarity(embedding, z_previous, dim=1)], dim=1
+        ) / self.tau
+        # -log softmax at index 0 (the global model is the positive pair)
+        targets = torch.zeros(len(x), dtype=torch.long, device=x.device)
+        return self.mu * F.cross_entropy(similarities, targets)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: ClientModule) -> None:
+        self.store.put(self.client_id, "moon_previous", {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()})
+        self._global = self._previous = None
+
+
+class GlobalLossProbe(Callback):
+    """Reports the global model's mean loss on the client's training data before local training.
+
+    A label-free quality signal for the server: parties whose labels disagree
+    with what the federation has learned show a high loss.
+    """
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: ClientModule) -> None:
+        total, count = 0.0, 0
+        was_training = pl_module.model.training
+        pl_module.model.eval()
+        with torch.no_grad():
+            for x, y in trainer.train_dataloader:
+                total += float(F.cross_entropy(pl_module.model(x), y, reduction="sum"))
+                count += len(y)
+        pl_module.model.train(was_training)
+        pl_module.report["pre_train_loss"] = total / max(count, 1)

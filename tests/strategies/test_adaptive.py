@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+from fedlight.callbacks import GlobalLossProbe
+from fedlight.errors import ConfigError
+from fedlight.loop import FederatedLoop
+from fedlight.models import build_model
+from fedlight.state import ClientStateStore
+from fedlight.strategies import build_strategy
+from fedlight.strategies.adaptive import AdaptiveTrust
+from tests.strategies.helpers import result
+
+
+def _setup(strategy):
+    store = ClientStateStore()
+    strategy.setup(global_params={"w": torch.tensor([0.0])}, store=store, num_clients=3)
+    return store
+
+
+def test_quality_rule_downweights_high_loss_party_by_hand():
+    strategy = AdaptiveTrust(alpha_rule="quality", alpha_momentum=0.5, alpha_temperature=1.0, alpha_tolerance=0.0)
+    store = _setup(strategy)
+    results = [
+        result(0, {"w": torch.tensor([1.0])}, n=10, extras={"pre_train_loss": 1.0}),
+        result(1, {"w": torch.tensor([1.0])}, n=10, extras={"pre_train_loss": 1.0}),
+        result(2, {"w": torch.tensor([4.0])}, n=20, extras={"pre_train_loss": 3.0}),  # ratio 3 -> s = e^-2
+    ]
+    new = strategy.aggregate(1, {"w": torch.tensor([0.0])}, results, [])
+    a2 = 0.5 + 0.5 * torch.exp(torch.tensor(-2.0)).item()
+    assert store.get(2, "alpha") == pytest.approx(a2)
+    assert store.get(0, "alpha") == pytest.approx(1.0)
+    expected = (10 * 1.0 + 10 * 1.0 + a2 * 20 * 4.0) / (10 + 10 + a2 * 20)
+    assert new["w"].item() == pytest.approx(expected, rel=1e-6)
+    assert strategy.round_metrics()["alpha/2"] == pytest.approx(a2)
+    store.close()
+
+
+def test_quality_rule_asks_clients_for_the_probe():
+    strategy = AdaptiveTrust(alpha_rule="quality")
+    assert isinstance(strategy.configure_round(1, [0], {})[0].callbacks[0], GlobalLossProbe)
+    assert AdaptiveTrust(alpha_rule="loss").configure_round(1, [0], {})[0].callbacks == []
+
+
+def test_uniform_rule_reduces_to_fedavg(tiny_data):
+    params = {}
+    for name, options in (("fedavg", {}), ("adaptive", {"alpha_rule": "uniform"})):
+        torch.manual_seed(0)
+        loop = FederatedLoop(
+            model=build_model("small_cnn", tiny_data.input_shape, tiny_data.num_classes), data=tiny_data,
+            strategy=build_strategy(name, options), rounds=2, clients_per_round=2, local_epochs=1, batch_size=4, lr=0.1,
+        )
+        loop.run()
+        params[name] = loop.global_params()
+    for key in params["fedavg"]:
+        assert torch.allclose(params["fedavg"][key], params["adaptive"][key], atol=1e-7)
+
+
+@pytest.mark.parametrize("rule", ["loss", "similarity", "quality"])
+def test_every_rule_trains_and_records_alpha(rule, tiny_data):
+    loop = FederatedLoop(
+        model=build_model("small_cnn", tiny_data.input_shape, tiny_data.num_classes), data=tiny_data,
+        strategy=build_strategy("adaptive", {"alpha_rule": rule}), rounds=2, clients_per_round=2, local_epochs=1,
+        batch_size=4, lr=0.1,
+    )
+    history = loop.run()
+    assert all(0.0 <= history[-1][f"alpha/{c}"] <= 1.0 for c in (0, 1))
+    assert loop.store.get(0, "alpha") == history[-1]["alpha/0"]
+
+
+def test_bad_options_are_config_errors():
+    with pytest.raises(ConfigError, match="unknown alpha rule"):
+        build_strategy("adaptive", {"alpha_rule": "vibes"})
+    with pytest.raises(ConfigError, match="alpha_momentum"):
+        build_strategy("adaptive", {"alpha_momentum": 0.0})
+
+
+def test_oracle_gives_excluded_parties_zero_weight():
+    oracle = build_strategy("oracle", {"excluded_clients": [1]})
+    new = oracle.aggregate(1, {"w": torch.tensor([0.0])}, [result(0, {"w": torch.tensor([1.0])}), result(1, {"w": torch.tensor([9.0])})], [])
+    assert new["w"].item() == 1.0

@@ -1,0 +1,54 @@
+import math
+
+import torch
+
+from fedlight.strategies.trust import (
+    ALPHA_RULES,
+    ema_alpha,
+    excess_loss_scores,
+    median_cosine_scores,
+    relative_loss_scores,
+    trust_weights,
+)
+
+
+def test_excess_loss_scores_hand_computed():
+    scores = excess_loss_scores(torch.tensor([1.0, 1.0, 2.0, 4.0], dtype=torch.float64), temperature=1.0)
+    # lower median is 1: ratios 1, 1, 2, 4 -> exp(0), exp(0), exp(-1), exp(-3)
+    assert torch.allclose(scores, torch.tensor([1.0, 1.0, math.exp(-1), math.exp(-3)], dtype=torch.float64))
+
+
+def test_excess_loss_tolerance_spares_moderate_losses():
+    losses = torch.tensor([1.0, 1.0, 1.0, 1.4, 2.0, 3.0], dtype=torch.float64)
+    scores = excess_loss_scores(losses, temperature=0.25, tolerance=0.5)
+    # lower median 1: ratios 1, 1, 1, 1.4, 2, 3 -> excess over 1.5: 0, 0, 0, 0, 0.5, 1.5
+    assert torch.allclose(scores, torch.tensor([1, 1, 1, 1, math.exp(-2), math.exp(-6)], dtype=torch.float64))
+
+
+def test_relative_loss_scores_hand_computed():
+    scores = relative_loss_scores(torch.tensor([0.5, 1.5], dtype=torch.float64), temperature=0.5)
+    assert torch.allclose(scores, torch.tensor([1.0, math.exp(-2)], dtype=torch.float64))
+
+
+def test_median_cosine_scores_floor_at_zero():
+    updates = torch.tensor([[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]])
+    # coordinate-wise median [1, 0]: cosines 1, 1 and -1, floored to 0
+    scores = median_cosine_scores(updates)
+    assert torch.allclose(scores, torch.tensor([1.0, 1.0, 0.0]))
+
+
+def test_ema_and_clip():
+    alpha = ema_alpha(torch.tensor([1.0, 1.0]), torch.tensor([0.0, 1.0]), momentum=0.8, alpha_min=0.1, alpha_max=1.0)
+    assert torch.allclose(alpha, torch.tensor([0.2, 1.0]))
+    assert torch.allclose(ema_alpha(torch.tensor([0.1]), torch.tensor([0.0]), 0.8, 0.1, 1.0), torch.tensor([0.1]))
+
+
+def test_trust_weights_normalised_and_fallback():
+    w = trust_weights(torch.tensor([1.0, 0.5]), torch.tensor([10.0, 20.0]))
+    assert torch.allclose(w, torch.tensor([0.5, 0.5], dtype=torch.float64))
+    assert torch.allclose(trust_weights(torch.zeros(2), torch.tensor([1.0, 3.0])), torch.tensor([0.25, 0.75], dtype=torch.float64))
+
+
+def test_rules_registered():
+    assert set(ALPHA_RULES) == {"uniform", "loss", "similarity", "quality"}
+    assert ALPHA_RULES["quality"].needs_pre_train_loss
