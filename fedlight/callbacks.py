@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback
 
-from fedlight.client import ClientModule, LossTerm
+from fedlight.client import ClientModule, GradientEdit, LossTerm
 from fedlight.state import ClientStateStore
 
 Params = dict[str, torch.Tensor]
@@ -26,7 +26,7 @@ def _trainable(module: ClientModule) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in module.model.named_parameters() if p.requires_grad}
 
 
-class ProximalTerm(Callback):
+class ProximalTerm(GradientEdit):
     """FedProx's proximal term mu/2 * ||w - w_global||^2, applied as its gradient.
 
     Adding ``mu * (w - w_global)`` to each gradient is exactly the gradient of
@@ -41,13 +41,13 @@ class ProximalTerm(Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: ClientModule) -> None:
         self._anchor = {n: p.detach().clone() for n, p in _trainable(pl_module).items()}
 
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: ClientModule, optimizer) -> None:
-        for name, p in _trainable(pl_module).items():
+    def edit_gradients(self, module: ClientModule) -> None:
+        for name, p in _trainable(module).items():
             if p.grad is not None:
                 p.grad.add_(p.detach() - self._anchor[name], alpha=self.mu)
 
 
-class ScaffoldCorrection(Callback):
+class ScaffoldCorrection(GradientEdit):
     """SCAFFOLD's drift correction and option-II control-variate update.
 
     Each local step uses ``grad + c - c_i``. After the fit, with K the optimizer
@@ -69,8 +69,8 @@ class ScaffoldCorrection(Callback):
         self._start = {n: p.detach().clone() for n, p in params.items()}
         self._correction = {n: self.server_control[n] - self.client_control[n] for n in params}
 
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: ClientModule, optimizer) -> None:
-        for name, p in _trainable(pl_module).items():
+    def edit_gradients(self, module: ClientModule) -> None:
+        for name, p in _trainable(module).items():
             if p.grad is not None:
                 p.grad.add_(self._correction[name])
 

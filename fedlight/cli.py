@@ -58,6 +58,12 @@ _FLAG_TYPES: dict[str, tuple[type, str]] = {
     "alpha_max": (float, "upper clip of alpha"),
     "alpha_temperature": (float, "temperature of the loss-based alpha rules"),
     "alpha_tolerance": (float, "quality rule: loss ratio to the median above 1 that is not penalised"),
+    "dp_mode": (str, "differential privacy: off, sample (DP-SGD per party) or client (DP-FedAvg)"),
+    "dp_noise": (float, "noise multiplier sigma"),
+    "dp_epsilon": (float, "target epsilon; calibrates sigma before training (instead of --dp-noise)"),
+    "dp_clip": (float, "clipping norm (per sample, or per party update in client mode)"),
+    "dp_delta": (float, "delta of the (epsilon, delta) guarantee"),
+    "dp_accountant": (str, "privacy accountant: rdp or prv"),
     "experiment": (str, "MLflow experiment name"),
     "tracking_uri": (str, "MLflow tracking URI (default sqlite:///mlruns/mlflow.db)"),
     "run_name": (str, "MLflow run name"),
@@ -94,10 +100,100 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sweep_parser(subparsers) -> None:
+    parser = subparsers.add_parser("sweep", help="run or continue an Optuna study defined in sweeps/*.yaml")
+    parser.add_argument("--config", required=True, help="sweep YAML (study, objectives, space, base)")
+    parser.add_argument("--storage", help="Optuna storage URL (default sqlite:///sweeps/optuna.db)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI")
+    parser.add_argument("--n-trials", type=int, help="finished trials the study should hold")
+    parser.set_defaults(handler=_cmd_sweep)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from fedlight.sweep import format_results, load_sweep, run_sweep
+
+    sweep = load_sweep(args.config)
+    if args.n_trials is not None and args.n_trials <= 0:
+        raise FedlightError(f"--n-trials must be positive, got {args.n_trials}")
+    study = run_sweep(sweep, storage=args.storage, tracking_uri=args.tracking_uri, n_trials=args.n_trials)
+    print(format_results(study, sweep.objectives))
+    return 0
+
+
+def _add_register_parser(subparsers) -> None:
+    parser = subparsers.add_parser("register", help="register a run's global model with an alias")
+    parser.add_argument("--run-id", required=True)
+    parser.add_argument("--name", required=True, help="registered model name")
+    parser.add_argument("--alias", default="champion")
+    parser.add_argument("--tracking-uri")
+    parser.set_defaults(handler=_cmd_register)
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    import mlflow
+
+    from fedlight.sweep import register_champion
+    from fedlight.tracking import resolve_tracking_uri
+
+    mlflow.set_tracking_uri(resolve_tracking_uri(args.tracking_uri))
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(args.run_id)
+    except mlflow.exceptions.MlflowException:
+        raise FedlightError(f"run {args.run_id} not found") from None
+    model_uri = run.data.tags.get("model_uri")
+    if not model_uri:
+        raise FedlightError(f"run {args.run_id} has no logged fedlight model")
+    version = register_champion(model_uri, args.name, client=client, alias=args.alias, source_run_id=args.run_id)
+    print(f"registered {args.name} version {version} with alias {args.alias}")
+    return 0
+
+
+def _add_export_parser(subparsers) -> None:
+    parser = subparsers.add_parser("export", help="export a registry model to TorchScript and verify it")
+    parser.add_argument("--model", required=True, help="NAME@ALIAS or NAME/VERSION (NAME alone means @champion)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--tracking-uri")
+    parser.set_defaults(handler=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from fedlight.export import export_model
+
+    info = export_model(args.model, args.out, tracking_uri=args.tracking_uri)
+    print(f"exported {info['registered_model']} version {info['version']} to {args.out} "
+          f"(TorchScript; predictions match the registry model on {info['verified_on']} inputs)")
+    return 0
+
+
+def _add_predict_parser(subparsers) -> None:
+    parser = subparsers.add_parser("predict", help="classify PNG images or npz arrays")
+    parser.add_argument("--model", required=True, help="an exported folder or an MLflow model URI")
+    parser.add_argument("inputs", nargs="+", help="PNG files or npz files (array 'x' or the first array)")
+    parser.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
+                        help="flip dark-on-light images to light-on-dark (auto: when the image is mostly light)")
+    parser.add_argument("--tracking-uri")
+    parser.set_defaults(handler=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from fedlight.export import load_for_prediction, load_inputs, predict
+
+    model, info = load_for_prediction(args.model, tracking_uri=args.tracking_uri)
+    batch, labels = load_inputs(args.inputs, info["input_shape"], invert=args.invert)
+    for label, (name, confidence) in zip(labels, predict(model, info, batch)):
+        print(f"{label}\t{name}\t{confidence:.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fedlight", description="Federated-learning experiments on Lightning, tracked in MLflow.")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_run_parser(subparsers)
+    _add_sweep_parser(subparsers)
+    _add_register_parser(subparsers)
+    _add_export_parser(subparsers)
+    _add_predict_parser(subparsers)
     return parser
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,9 +21,20 @@ from lightning.pytorch import Callback
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-# Lightning prints GPU/TPU availability and tips on every Trainer otherwise.
-logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+_LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric")
+
+
+def _quiet_lightning() -> None:
+    """Lightning prints GPU/TPU availability and tips on every Trainer otherwise.
+
+    Called before each Trainer, not once: importing ``pytorch_lightning``
+    (mlflow.pytorch does, when a model is logged) resets its logger to INFO.
+    """
+    for name in _LIGHTNING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 class LossTerm(Callback):
@@ -31,6 +43,20 @@ class LossTerm(Callback):
     def loss_term(
         self, module: ClientModule, x: torch.Tensor, y: torch.Tensor, embedding: torch.Tensor, logits: torch.Tensor
     ) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class GradientEdit(Callback):
+    """A callback that edits the gradients right before each optimizer step.
+
+    Without DP the module calls :meth:`edit_gradients` from Lightning's
+    ``on_before_optimizer_step``; with DP-SGD it is called after Opacus has
+    clipped and noised the gradients, so the edit (a function of the weights
+    only, such as FedProx's proximal gradient) is post-processing and costs
+    no privacy.
+    """
+
+    def edit_gradients(self, module: ClientModule) -> None:
         raise NotImplementedError
 
 
@@ -51,17 +77,33 @@ class ClientModule(L.LightningModule):
         self._loss_sum = 0.0
         self._loss_count = 0
         self._loss_terms: list[LossTerm] = []
+        self._gradient_edits: list[GradientEdit] = []
+        # Set by DP-SGD: gradient edits then run after noising, from Opacus' step hook.
+        self.edit_gradients_after_noise = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
     def on_fit_start(self) -> None:
         self._loss_terms = [cb for cb in self.trainer.callbacks if isinstance(cb, LossTerm)]
+        self._gradient_edits = [cb for cb in self.trainer.callbacks if isinstance(cb, GradientEdit)]
+
+    def apply_gradient_edits(self) -> None:
+        for edit in self._gradient_edits:
+            edit.edit_gradients(self)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if not self.edit_gradients_after_noise:
+            self.apply_gradient_edits()
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         embedding = self.model.embed(x)
         logits = self.model.head(embedding)
+        if len(y) == 0:
+            # Poisson sampling (DP-SGD) can draw an empty batch; the step must
+            # still happen (noise only), so return a zero loss with a graph.
+            return logits.sum() * 0.0
         loss = F.cross_entropy(logits, y)
         self._loss_sum += float(loss.detach()) * len(y)
         self._loss_count += len(y)
@@ -72,6 +114,10 @@ class ClientModule(L.LightningModule):
     @property
     def mean_train_loss(self) -> float:
         return self._loss_sum / self._loss_count if self._loss_count else math.nan
+
+    def use_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Fit with this optimizer (e.g. Opacus' DPOptimizer) instead of building plain SGD."""
+        self._optimizer = optimizer
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self._optimizer is not None:
@@ -86,6 +132,7 @@ def make_loader(x: torch.Tensor, y: torch.Tensor, *, batch_size: int, seed: int)
 
 def fit_client(module: ClientModule, loader: DataLoader, *, epochs: int, callbacks: Sequence[Callback] = ()) -> int:
     """Fit ``module`` on a fresh Trainer (a reused one trains 0 steps); return the optimizer steps taken."""
+    _quiet_lightning()
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,

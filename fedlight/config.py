@@ -79,6 +79,22 @@ class StrategyConfig:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
 
 
+DP_MODES = ("off", "sample", "client")
+DP_ACCOUNTANTS = ("rdp", "prv")
+
+
+@dataclass
+class PrivacyConfig:
+    """Differential privacy; ``mode`` becomes "sample" when a noise or epsilon is given without one."""
+
+    mode: str = "off"
+    noise: float | None = None
+    epsilon: float | None = None
+    clip: float = 1.0
+    delta: float = 1e-5
+    accountant: str = "rdp"
+
+
 @dataclass
 class TrackingConfig:
     experiment: str = "fedlight"
@@ -92,6 +108,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -110,6 +127,7 @@ SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "training": TrainingConfig,
     "strategy": StrategyConfig,
+    "privacy": PrivacyConfig,
     "tracking": TrackingConfig,
 }
 
@@ -151,6 +169,12 @@ CLI_FIELDS: dict[str, tuple[str, str]] = {
     "alpha_max": ("strategy", "alpha_max"),
     "alpha_temperature": ("strategy", "alpha_temperature"),
     "alpha_tolerance": ("strategy", "alpha_tolerance"),
+    "dp_mode": ("privacy", "mode"),
+    "dp_noise": ("privacy", "noise"),
+    "dp_epsilon": ("privacy", "epsilon"),
+    "dp_clip": ("privacy", "clip"),
+    "dp_delta": ("privacy", "delta"),
+    "dp_accountant": ("privacy", "accountant"),
     "experiment": ("tracking", "experiment"),
     "tracking_uri": ("tracking", "tracking_uri"),
     "run_name": ("tracking", "run_name"),
@@ -228,6 +252,9 @@ def build_config(
         section, key = CLI_FIELDS[flag]
         sections[section][key] = value
     config = RunConfig(**{name: SECTIONS[name](**values) for name, values in sections.items()})
+    dp = config.privacy
+    if dp.mode == "off" and (dp.noise is not None or dp.epsilon is not None):
+        dp.mode = "sample"
     validate(config)
     return config
 
@@ -258,6 +285,15 @@ def validate(config: RunConfig) -> None:
     _require(0 <= t.momentum < 1, f"--momentum must be in [0, 1), got {t.momentum}")
     _require(t.eval_every > 0, f"--eval-every must be positive, got {t.eval_every}")
     _require(bool(config.tracking.experiment), "--experiment must not be empty")
+    dp = config.privacy
+    _require(dp.mode in DP_MODES, f"unknown --dp-mode {dp.mode!r}; choose from {', '.join(DP_MODES)}")
+    _require(dp.accountant in DP_ACCOUNTANTS, f"unknown --dp-accountant {dp.accountant!r}; choose from {', '.join(DP_ACCOUNTANTS)}")
+    _require(dp.noise is None or (dp.noise >= 0 and math.isfinite(dp.noise)), f"--dp-noise must be non-negative, got {dp.noise}")
+    _require(dp.clip > 0 and math.isfinite(dp.clip), f"--dp-clip must be positive, got {dp.clip}")
+    _require(0 < dp.delta < 1, f"--dp-delta must be in (0, 1), got {dp.delta}")
+    _require(dp.epsilon is None or (dp.epsilon > 0 and math.isfinite(dp.epsilon)), f"--dp-epsilon must be positive, got {dp.epsilon}")
+    _require(not (dp.noise is not None and dp.epsilon is not None), "give either --dp-noise or --dp-epsilon, not both")
+    _require(dp.mode == "off" or dp.noise is not None or dp.epsilon is not None, f"--dp-mode {dp.mode} needs --dp-noise or --dp-epsilon")
     st = config.strategy
     _require(st.prox_mu >= 0, f"--prox-mu must be non-negative, got {st.prox_mu}")
     _require(st.server_lr is None or st.server_lr > 0, f"--server-lr must be positive, got {st.server_lr}")

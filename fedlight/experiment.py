@@ -8,6 +8,7 @@ failure after that ends the run FAILED.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +23,9 @@ from fedlight.errors import ConfigError
 from fedlight.loop import FederatedLoop, ProgressReporter, RoundListener
 from fedlight.models import build_model
 from fedlight.plots import alpha_figure, convergence_figure
-from fedlight.strategies import build_strategy
+from fedlight.privacy import ClientLevelDP, SampleLevelDP
+from fedlight.state import ClientStateStore
+from fedlight.strategies import Strategy, build_strategy
 from fedlight.tracking import MlflowRun
 
 
@@ -45,6 +48,63 @@ def load_federated_data(config: RunConfig) -> FederatedData:
     )
 
 
+def make_private_compatible(model: torch.nn.Module) -> torch.nn.Module:
+    """Replace layers Opacus cannot handle (BatchNorm -> GroupNorm) once, before training."""
+    from opacus.validators import ModuleValidator
+
+    model = ModuleValidator.fix(model)
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        raise ConfigError(f"model is not compatible with DP-SGD: {errors[0]}")
+    return model
+
+
+def configure_privacy(
+    config: RunConfig, *, data: FederatedData, strategy: Strategy, store: ClientStateStore
+) -> SampleLevelDP | None:
+    """Sample-level DP returns the per-client wrapper; client-level DP replaces the strategy's averager."""
+    dp, t = config.privacy, config.training
+    if dp.mode == "sample":
+        privacy = SampleLevelDP(store=store, clip=dp.clip, delta=dp.delta, accountant=dp.accountant,
+                                noise=dp.noise, target_epsilon=dp.epsilon, seed=t.seed)
+        privacy.calibrate(
+            batches_per_epoch=[math.ceil(c.num_train / t.batch_size) for c in data.clients],
+            local_epochs=t.local_epochs, rounds=t.rounds,
+        )
+        return privacy
+    if dp.mode == "client":
+        strategy.averager = ClientLevelDP(
+            clip=dp.clip, delta=dp.delta, clients_per_round=t.clients_per_round, num_clients=len(data.clients),
+            mean_client_size=float(sum(c.num_train for c in data.clients)) / len(data.clients), rounds=t.rounds,
+            accountant=dp.accountant, noise=dp.noise, target_epsilon=dp.epsilon, seed=t.seed,
+        )
+    return None
+
+
+def _privacy_summary(privacy: SampleLevelDP | None, strategy: Strategy) -> dict[str, Any] | None:
+    if privacy is not None:
+        return privacy.summary()
+    if isinstance(strategy.averager, ClientLevelDP):
+        return strategy.averager.summary()
+    return None
+
+
+def model_info(config: RunConfig, data: FederatedData) -> dict[str, Any]:
+    """What a user of the exported model needs: classes, input shape, preprocessing."""
+    return {
+        "dataset": data.dataset,
+        "model": config.training.model,
+        "class_names": list(data.class_names),
+        "input_shape": list(data.input_shape),
+        "preprocessing": {
+            "color": "grayscale, one channel",
+            "size": f"resize to {data.input_shape[1]}x{data.input_shape[2]}",
+            "scale": "pixel / max -> [0, 1] float32",
+            "polarity": "1 = ink, 0 = background (light strokes on a dark background)",
+        },
+    }
+
+
 def run_tags(config: RunConfig) -> dict[str, str]:
     """Tags that make MLflow's compare view useful across strategies."""
     return {
@@ -54,6 +114,7 @@ def run_tags(config: RunConfig) -> dict[str, str]:
         "partition": config.data.partition,
         "model": config.training.model,
         "seed": str(config.training.seed),
+        "dp_mode": config.privacy.mode,
         "noisy_clients": "yes" if config.data.noisy_client_fraction > 0 and config.data.label_noise + config.data.image_noise_std > 0 else "no",
     }
 
@@ -96,6 +157,7 @@ def run_experiment(
     extra_listeners: Sequence[RoundListener] = (),
     progress: bool = True,
     parent_run_id: str | None = None,
+    extra_tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train one federated run, log it to MLflow and return its summary."""
     started = time.perf_counter()
@@ -113,12 +175,42 @@ def run_experiment(
         raise ConfigError(f"--clients-per-round {t.clients_per_round} exceeds the {len(data.clients)} clients")
     torch.manual_seed(t.seed)
     model = build_model(t.model, data.input_shape, data.num_classes)
+    if config.privacy.mode != "off":
+        model = make_private_compatible(model)
+    store = ClientStateStore()
+    try:
+        privacy = configure_privacy(config, data=data, strategy=strategy, store=store)
+        return _train_and_log(
+            config, data=data, model=model, strategy=strategy, store=store, privacy=privacy, started=started,
+            config_path=config_path, output_json=output_json, listeners=extra_listeners, progress=progress,
+            parent_run_id=parent_run_id, extra_tags=extra_tags or {},
+        )
+    finally:
+        store.close()
 
+
+def _train_and_log(
+    config: RunConfig,
+    *,
+    data: FederatedData,
+    model: torch.nn.Module,
+    strategy: Strategy,
+    store: ClientStateStore,
+    privacy: SampleLevelDP | None,
+    started: float,
+    config_path: str | Path | None,
+    output_json: Path | None,
+    listeners: Sequence[RoundListener],
+    progress: bool,
+    parent_run_id: str | None,
+    extra_tags: dict[str, str],
+) -> dict[str, Any]:
+    t = config.training
     tracker = MlflowRun(
         tracking_uri=config.tracking.tracking_uri,
         experiment=config.tracking.experiment,
         run_name=config.tracking.run_name,
-        tags=run_tags(config),
+        tags=run_tags(config) | extra_tags,
         params=config.flat_params(),
         parent_run_id=parent_run_id,
     )
@@ -134,9 +226,6 @@ def run_experiment(
             },
             "data/clients.json",
         )
-        listeners: list[RoundListener] = [tracker, *extra_listeners]
-        if progress:
-            listeners.append(ProgressReporter(t.rounds))
         loop = FederatedLoop(
             model=model,
             data=data,
@@ -149,22 +238,22 @@ def run_experiment(
             momentum=t.momentum,
             eval_every=t.eval_every,
             seed=t.seed,
-            listeners=listeners,
+            listeners=[tracker, *listeners, *([ProgressReporter(t.rounds)] if progress else [])],
+            store=store,
+            privacy=privacy,
         )
-        try:
-            history = loop.run()
-        finally:
-            loop.store.close()
+        history = loop.run()
         final = loop.final_metrics()
-        wall_time = time.perf_counter() - started
-        mlflow.log_metrics({f"final_{k}": v for k, v in final.items()} | {"wall_time_s": wall_time})
+        mlflow.log_metrics({f"final_{k}": v for k, v in final.items()} | {"wall_time_s": time.perf_counter() - started})
         tracker.log_dict(history, "history.json")
         _log_alphas(tracker, history, data)
         tracker.log_figure(
             convergence_figure(history, title=f"{config.strategy.name} on {config.data.dataset} ({config.data.partition})"),
             "plots/convergence.png",
         )
-        tracker.log_model(model, example=data.test_x[:2].clone(), registered_model=config.tracking.registered_model)
+        tracker.log_dict(model_info(config, data), "model_info.json")
+        model_uri = tracker.log_model(model, example=data.test_x[:2].clone(), registered_model=config.tracking.registered_model)
+        mlflow.set_tag("model_uri", model_uri)
         summary = {
             "run_id": tracker.run_id,
             "experiment": config.tracking.experiment,
@@ -173,7 +262,14 @@ def run_experiment(
             "final": final,
             "history": history,
             "wall_time_s": time.perf_counter() - started,
+            "model_uri": model_uri,
         }
+        privacy_summary = _privacy_summary(privacy, strategy)
+        if privacy_summary is not None:
+            summary["privacy"] = privacy_summary
+            mlflow.log_metrics({"final_dp_epsilon_max": privacy_summary["epsilon_max"],
+                                "dp_noise_multiplier": privacy_summary["noise"]})
+            tracker.log_dict(privacy_summary, "privacy.json")
         if output_json is not None:
             _write_json_atomically(output_json, summary)
     return summary

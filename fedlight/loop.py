@@ -18,6 +18,7 @@ from fedlight.client import ClientModule, fit_client, make_loader
 from fedlight.data import FederatedData
 from fedlight.errors import ConfigError
 from fedlight.metrics import evaluate, loss_and_accuracy
+from fedlight.privacy import SampleLevelDP
 from fedlight.state import ClientStateStore
 from fedlight.strategies import ClientFailure, ClientPlan, ClientResult, Params, Strategy
 
@@ -80,6 +81,7 @@ class FederatedLoop:
         seed: int = 0,
         store: ClientStateStore | None = None,
         listeners: Sequence[RoundListener] = (),
+        privacy: SampleLevelDP | None = None,
     ):
         if clients_per_round > len(data.clients):
             raise ConfigError(
@@ -98,6 +100,7 @@ class FederatedLoop:
         self.seed = seed
         self.store = store if store is not None else ClientStateStore()
         self.listeners = list(listeners)
+        self.privacy = privacy
         self.server_round = 0
         self.history: list[dict[str, float]] = []
         # One reusable local copy: clients train one after another.
@@ -122,7 +125,11 @@ class FederatedLoop:
             batch_size=self.batch_size,
             seed=int(np.random.SeedSequence([self.seed, server_round, plan.client_id]).generate_state(1)[0]),
         )
-        steps = fit_client(module, loader, epochs=self.local_epochs, callbacks=plan.callbacks)
+        if self.privacy is None:
+            steps = fit_client(module, loader, epochs=self.local_epochs, callbacks=plan.callbacks)
+        else:
+            with self.privacy.private_fit(plan.client_id, module, loader, server_round=server_round) as dp_loader:
+                steps = fit_client(module, dp_loader, epochs=self.local_epochs, callbacks=plan.callbacks)
         if not math.isfinite(module.mean_train_loss):
             raise FloatingPointError(f"local training diverged (loss {module.mean_train_loss})")
         val_loss, val_accuracy = loss_and_accuracy(self._local_model, client.val_x, client.val_y)
@@ -162,6 +169,9 @@ class FederatedLoop:
                 metrics["client_val_loss"] = float(np.average([v[0] for v in val], weights=[v[2] for v in val]))
                 metrics["client_val_accuracy"] = float(np.average([v[1] for v in val], weights=[v[2] for v in val]))
         metrics.update(self.strategy.round_metrics())
+        metrics.update(self.strategy.averager.round_metrics())
+        if self.privacy is not None:
+            metrics.update(self.privacy.round_metrics())
         if server_round % self.eval_every == 0 or server_round == self.rounds:
             metrics.update({f"test_{k}": v for k, v in self.evaluate().items()})
         metrics["round_time_s"] = time.perf_counter() - started
@@ -189,6 +199,8 @@ class FederatedLoop:
             "server_round": self.server_round,
             "global_params": self.global_params(),
             "strategy": self.strategy.state_dict(),
+            "averager": self.strategy.averager.state_dict(),
+            "privacy": self.privacy.state_dict() if self.privacy is not None else None,
             "store": self.store.state_dict(),
             "history": copy.deepcopy(self.history),
         }
@@ -197,6 +209,9 @@ class FederatedLoop:
         self.server_round = int(state["server_round"])
         self.model.load_state_dict(state["global_params"])
         self.strategy.load_state_dict(state["strategy"])
+        self.strategy.averager.load_state_dict(state["averager"])
+        if self.privacy is not None:
+            self.privacy.load_state_dict(state["privacy"])
         self.store.load_state_dict(state["store"])
         self.history = copy.deepcopy(state["history"])
 

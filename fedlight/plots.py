@@ -57,3 +57,26 @@ def alpha_figure(history: Sequence[dict[str, float]], corrupted: Sequence[int] =
     ax.grid(alpha=0.3)
     ax.legend()
     return fig
+
+
+def optimization_figure(study) -> Figure:
+    """Objective value of each complete trial and the best so far (the first objective)."""
+    import optuna
+
+    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    numbers = [t.number for t in trials]
+    values = [t.values[0] for t in trials]
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    best, running = [], None
+    for value in values:
+        running = value if running is None else (max(running, value) if maximize else min(running, value))
+        best.append(running)
+    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    ax.scatter(numbers, values, s=18, label="trial")
+    ax.step(numbers, best, where="post", color="tab:red", label="best so far")
+    ax.set_xlabel("trial number")
+    ax.set_ylabel("test accuracy" if maximize else "objective")
+    ax.set_title(f"Optuna study {study.study_name}: optimisation history")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig

@@ -67,6 +67,9 @@ class MlflowRun:
             status = "FINISHED"
         elif issubclass(exc_type, KeyboardInterrupt):
             status = "KILLED"
+        elif getattr(exc, "mlflow_status", None):  # e.g. a pruned sweep trial
+            status = exc.mlflow_status
+            mlflow.set_tag("stopped", f"{exc_type.__name__}: {exc}"[:5000])
         else:
             status = "FAILED"
             mlflow.set_tag("error", f"{exc_type.__name__}: {exc}"[:5000])

@@ -5,7 +5,8 @@ FEMNIST clients, sampled the same way, with the same shuffled batches, plain
 SGD, sample-weighted averaging and the same test evaluation. The difference
 is what fedlight adds: a fresh Lightning Trainer per client fit, the strategy
 interface, client validation and metric bookkeeping (MLflow is off on both
-sides; it is measured separately below).
+sides). A third run measures fedlight's FedAvg with sample-level DP-SGD
+(Opacus, Poisson sampling, per-party accountants) against the plain one.
 
     python pipelines/bench.py --data-dir ../shared/data/femnist
 """
@@ -27,6 +28,8 @@ from fedlight.errors import FedlightError
 from fedlight.loop import FederatedLoop
 from fedlight.metrics import evaluate
 from fedlight.models import build_model
+from fedlight.privacy import SampleLevelDP
+from fedlight.state import ClientStateStore
 from fedlight.strategies import build_strategy
 
 
@@ -58,6 +61,19 @@ def plain_fedavg(model, data, *, rounds, clients_per_round, batch_size, lr, eval
     return last
 
 
+def make_loop(init, data, args, privacy: bool = False) -> FederatedLoop:
+    store = ClientStateStore()
+    dp = None
+    if privacy:
+        dp = SampleLevelDP(store=store, clip=args.dp_clip, delta=1e-5, noise=args.dp_noise)
+        dp.calibrate(batches_per_epoch=[1] * len(data.clients), local_epochs=1, rounds=args.rounds)
+    return FederatedLoop(
+        model=copy.deepcopy(init), data=data, strategy=build_strategy("fedavg"), rounds=args.rounds,
+        clients_per_round=args.clients_per_round, local_epochs=1, batch_size=args.batch_size,
+        lr=args.lr, eval_every=args.eval_every, seed=0, store=store, privacy=dp,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="../shared/data/femnist")
@@ -67,6 +83,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--dp-noise", type=float, default=1.0)
+    parser.add_argument("--dp-clip", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=2, help="alternating repeats; the best time of each side counts")
     args = parser.parse_args()
     try:
@@ -80,13 +98,9 @@ def main() -> int:
     for model_name in args.models.split(","):
         torch.manual_seed(0)
         init = build_model(model_name, data.input_shape, data.num_classes)
-        times = {"fedlight": [], "plain": []}
+        times = {"fedlight": [], "plain": [], "fedlight+dp": []}
         for _ in range(args.repeats):
-            loop = FederatedLoop(
-                model=copy.deepcopy(init), data=data, strategy=build_strategy("fedavg"), rounds=args.rounds,
-                clients_per_round=args.clients_per_round, local_epochs=1, batch_size=args.batch_size,
-                lr=args.lr, eval_every=args.eval_every, seed=0,
-            )
+            loop = make_loop(init, data, args)
             start = time.perf_counter()
             loop.run()
             times["fedlight"].append(time.perf_counter() - start)
@@ -100,12 +114,23 @@ def main() -> int:
                 sample_clients=loop.sample_clients, seed=0,
             )
             times["plain"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            dp_loop = make_loop(init, data, args, privacy=True)
+            dp_loop.run()
+            times["fedlight+dp"].append(time.perf_counter() - start)
+            dp_acc, dp_eps = dp_loop.final_metrics()["accuracy"], dp_loop.privacy.epsilon_max()
+            dp_loop.store.close()
         best = {k: min(v) for k, v in times.items()}
         per_round = {k: 1000 * v / args.rounds for k, v in best.items()}
         print(
             f"{model_name:10s} fedlight {best['fedlight']:7.2f}s ({per_round['fedlight']:.0f} ms/round, acc {fedlight_acc:.4f})  "
             f"plain {best['plain']:7.2f}s ({per_round['plain']:.0f} ms/round, acc {plain['accuracy']:.4f})  "
             f"ratio {best['fedlight'] / best['plain']:.3f}"
+        )
+        print(
+            f"{'':10s} DP-SGD (sigma {args.dp_noise}, clip {args.dp_clip}) {best['fedlight+dp']:7.2f}s "
+            f"({per_round['fedlight+dp']:.0f} ms/round, acc {dp_acc:.4f}, epsilon_max {dp_eps:.2f})  "
+            f"DP round / plain fedlight round {best['fedlight+dp'] / best['fedlight']:.2f}x"
         )
     return 0
 

@@ -46,6 +46,7 @@ def _run_job(sections: dict[str, dict[str, Any]], threads: int) -> dict[str, Any
 
     summary = run_experiment(build_config(sections), progress=False)
     return {"run_id": summary["run_id"], "final": summary["final"], "wall_time_s": summary["wall_time_s"],
+            "privacy": summary.get("privacy"),
             "history": [{k: v for k, v in row.items() if not k.startswith("alpha/")} for row in summary["history"]]}
 
 

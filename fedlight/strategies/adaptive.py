@@ -15,11 +15,13 @@ the party's data before local training; the default, since it needs no
 labels from the server and flags mislabelled parties the first time they
 take part). The updated alpha is used in the same round's aggregate.
 
-Hyperparameters: ``alpha_rule`` ("quality"), ``alpha_momentum`` m (0.8; a
-party takes part in few rounds when 10 of 300 are sampled, so the latest
-score must count), ``alpha_min`` (0), ``alpha_max`` (1; also the cap that
-client-level DP calibrates its noise to), ``alpha_temperature`` T (0.5 for
-``quality``: a party whose loss is twice the round's median scores e^-2).
+Hyperparameters: ``alpha_rule`` ("quality"), ``alpha_momentum`` m (0.9; a
+party takes part in about 3 of 100 rounds when 10 of 300 are sampled, so the
+latest score must dominate), ``alpha_min`` (0), ``alpha_max`` (1; also the
+cap that client-level DP calibrates its noise to), ``alpha_temperature`` T
+(0.25) and ``alpha_tolerance`` (0.5) of the ``quality`` rule: a party whose
+loss is at most 1.5x the round's median scores 1, one at 2x scores e^-2, one
+at 3x e^-6. The loss-based rules take the temperature too.
 alpha_i is kept per client id in the state store.
 """
 
@@ -28,9 +30,8 @@ from __future__ import annotations
 import torch
 
 from fedlight.callbacks import GlobalLossProbe
-from fedlight.strategies.aggregation import weighted_average_params
 from fedlight.strategies.base import ClientFailure, ClientPlan, ClientResult, Params, Strategy
-from fedlight.strategies.trust import ALPHA_RULES, ema_alpha, trust_weights
+from fedlight.strategies.trust import ALPHA_RULES, ema_alpha
 
 
 class AdaptiveTrust(Strategy):
@@ -82,8 +83,9 @@ class AdaptiveTrust(Strategy):
         for result, alpha in zip(results, alphas.tolist()):
             self.store.put(result.client_id, "alpha", alpha)
             self._round_alphas[result.client_id] = alpha
-        sizes = torch.tensor([r.num_samples for r in results], dtype=torch.float64)
-        return weighted_average_params([r.params for r in results], trust_weights(alphas, sizes))
+        # alpha_i |D_i| up to the constant alpha_max, which normalisation removes
+        # and which caps the trust factor at 1 for client-level DP.
+        return self.average(results, global_params, trust=alphas / self.alpha_max)
 
     def round_metrics(self) -> dict[str, float]:
         metrics = {f"alpha/{cid}": a for cid, a in self._round_alphas.items()}

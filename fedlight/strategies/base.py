@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch import Callback
 
 from fedlight.state import ClientStateStore
+from fedlight.strategies.aggregation import weighted_average_params
 
 Params = dict[str, torch.Tensor]
 
@@ -54,10 +55,42 @@ class ClientFailure:
     error: str
 
 
+class PlainAverager:
+    """Weighted mean of the client models with weights n_i * t_i (t_i: the strategy's trust, default 1).
+
+    The seam where client-level DP (:class:`fedlight.privacy.ClientLevelDP`)
+    replaces plain averaging for every strategy.
+    """
+
+    def average(self, results: list[ClientResult], global_params: Params, trust: torch.Tensor | None = None) -> Params:
+        sizes = torch.tensor([r.num_samples for r in results], dtype=torch.float64)
+        weights = sizes if trust is None else sizes * trust.double()
+        if weights.sum() <= 0:
+            weights = sizes
+        return weighted_average_params([r.params for r in results], weights)
+
+    def round_metrics(self) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        del state
+
+
 class Strategy(ABC):
-    """Base class; subclasses set ``name`` and implement :meth:`aggregate`."""
+    """Base class; subclasses set ``name`` and implement :meth:`aggregate`.
+
+    Strategies average client models through :meth:`average`, so that the
+    loop can swap in a private averager without touching them.
+    """
 
     name: ClassVar[str]
+    averager: PlainAverager = PlainAverager()
+
+    def average(self, results: list[ClientResult], global_params: Params, trust: torch.Tensor | None = None) -> Params:
+        return self.averager.average(results, global_params, trust)
 
     def setup(self, *, global_params: Params, store: ClientStateStore, num_clients: int) -> None:
         """Called once by the loop before the first round."""

@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 
-from fedlight.strategies.aggregation import weighted_average_params
 from fedlight.strategies.base import ClientFailure, ClientResult, Params, Strategy
 
 
@@ -44,7 +43,7 @@ class FedAdam(Strategy):
     ) -> Params:
         if not results:
             return global_params
-        averaged = weighted_average_params([r.params for r in results], [r.num_samples for r in results])
+        averaged = self.average(results, global_params)
         floats = [k for k, v in global_params.items() if torch.is_floating_point(v)]
         if not self.m:
             self.m = {k: torch.zeros_like(global_params[k]) for k in floats}

@@ -10,7 +10,6 @@ kept.
 
 from __future__ import annotations
 
-from fedlight.strategies.aggregation import weighted_average_params
 from fedlight.strategies.base import ClientFailure, ClientResult, Params, Strategy
 
 
@@ -26,4 +25,4 @@ class FedAvg(Strategy):
     ) -> Params:
         if not results:
             return global_params
-        return weighted_average_params([r.params for r in results], [r.num_samples for r in results])
+        return self.average(results, global_params)

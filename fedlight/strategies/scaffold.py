@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from fedlight.callbacks import ScaffoldCorrection
-from fedlight.strategies.aggregation import weighted_average_params
 from fedlight.strategies.base import ClientFailure, ClientPlan, ClientResult, Params, Strategy
 
 
@@ -80,7 +79,7 @@ class Scaffold(Strategy):
     ) -> Params:
         if not results:
             return global_params
-        averaged = weighted_average_params([r.params for r in results], [r.num_samples for r in results])
+        averaged = self.average(results, global_params)
         trainable = {k: global_params[k] for k in self.server_control}
         new_trainable, self.server_control = scaffold_server_update(
             trainable,

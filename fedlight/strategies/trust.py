@@ -47,14 +47,6 @@ def ema_alpha(alpha: torch.Tensor, score: torch.Tensor, momentum: float, alpha_m
     return torch.clamp((1.0 - momentum) * alpha + momentum * score, alpha_min, alpha_max)
 
 
-def trust_weights(alpha: torch.Tensor, num_samples: torch.Tensor) -> torch.Tensor:
-    """alpha_i |D_i| / sum_j alpha_j |D_j|; falls back to |D_i| when every alpha is zero."""
-    raw = alpha.double() * num_samples.double()
-    if raw.sum() <= 0:
-        raw = num_samples.double()
-    return raw / raw.sum()
-
-
 # --- rules: (results, global params, temperature, tolerance) -> scores ------
 
 

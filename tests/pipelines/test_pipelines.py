@@ -51,3 +51,11 @@ def test_pipeline_bad_data_dir_is_one_line(tmp_path):
     assert proc.returncode == 2 and "data directory not found" in proc.stderr and "Traceback" not in proc.stderr
 
 
+
+
+@requires_femnist
+def test_privacy_quick(tmp_path):
+    _run("privacy.py", tmp_path, "--noise", "1.0")
+    rows = list(csv.DictReader((tmp_path / "out" / "table.csv").open()))
+    assert [r["noise"] for r in rows] == ["none", "1.0"]
+    assert float(rows[1]["epsilon_max"]) > 0 and rows[0]["epsilon_max"] == "inf"

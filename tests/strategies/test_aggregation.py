@@ -35,3 +35,16 @@ def test_weighted_average_params_by_sample_count():
 def test_params_delta():
     delta = params_delta({"w": torch.tensor([3.0, 1.0])}, {"w": torch.tensor([1.0, 1.0])})
     assert torch.equal(delta["w"], torch.tensor([2.0, 0.0]))
+
+
+def test_plain_averager_weights_by_size_times_trust():
+    from fedlight.strategies.base import PlainAverager
+    from tests.strategies.helpers import result
+
+    results = [result(0, {"w": torch.tensor([0.0])}, n=10), result(1, {"w": torch.tensor([3.0])}, n=20)]
+    averager = PlainAverager()
+    assert torch.allclose(averager.average(results, {})["w"], torch.tensor([2.0]))  # (10*0 + 20*3) / 30
+    # trust 1 and 0.5: weights 10 and 10
+    assert torch.allclose(averager.average(results, {}, torch.tensor([1.0, 0.5]))["w"], torch.tensor([1.5]))
+    # all-zero trust falls back to sample counts
+    assert torch.allclose(averager.average(results, {}, torch.zeros(2))["w"], torch.tensor([2.0]))

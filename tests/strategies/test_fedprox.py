@@ -12,7 +12,7 @@ def test_proximal_gradient_is_mu_times_distance_to_global():
     with torch.no_grad():
         module.model.w.fill_(3.0)  # the local model moved from 2 to 3
     module.model.w.grad = torch.tensor([0.25])
-    term.on_before_optimizer_step(fake_trainer(), module, None)
+    term.edit_gradients(module)
     # 0.25 + 0.5 * (3 - 2)
     assert torch.allclose(module.model.w.grad, torch.tensor([0.75]))
 

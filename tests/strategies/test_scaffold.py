@@ -14,7 +14,7 @@ def test_client_correction_and_option_two_update():
     )
     callback.on_fit_start(fake_trainer(), module)
     module.model.w.grad = torch.tensor([1.0])
-    callback.on_before_optimizer_step(fake_trainer(), module, None)
+    callback.edit_gradients(module)
     assert torch.allclose(module.model.w.grad, torch.tensor([1.1]))  # g + c - c_i = 1 + 0.2 - 0.1
     with torch.no_grad():
         module.model.w.fill_(0.5)  # y_i = 0.5 after K = 5 steps

@@ -8,7 +8,6 @@ from fedlight.strategies.trust import (
     excess_loss_scores,
     median_cosine_scores,
     relative_loss_scores,
-    trust_weights,
 )
 
 
@@ -41,12 +40,6 @@ def test_ema_and_clip():
     alpha = ema_alpha(torch.tensor([1.0, 1.0]), torch.tensor([0.0, 1.0]), momentum=0.8, alpha_min=0.1, alpha_max=1.0)
     assert torch.allclose(alpha, torch.tensor([0.2, 1.0]))
     assert torch.allclose(ema_alpha(torch.tensor([0.1]), torch.tensor([0.0]), 0.8, 0.1, 1.0), torch.tensor([0.1]))
-
-
-def test_trust_weights_normalised_and_fallback():
-    w = trust_weights(torch.tensor([1.0, 0.5]), torch.tensor([10.0, 20.0]))
-    assert torch.allclose(w, torch.tensor([0.5, 0.5], dtype=torch.float64))
-    assert torch.allclose(trust_weights(torch.zeros(2), torch.tensor([1.0, 3.0])), torch.tensor([0.25, 0.75], dtype=torch.float64))
 
 
 def test_rules_registered():

@@ -1,0 +1,164 @@
+import math
+
+import pytest
+import torch
+from lightning.pytorch import Callback
+from opacus.accountants import RDPAccountant
+
+from fedlight.cli import main
+from fedlight.config import build_config
+from fedlight.errors import ConfigError
+from fedlight.loop import FederatedLoop
+from fedlight.models import build_model
+from fedlight.privacy import ClientLevelDP, SampleLevelDP, calibrate_noise, clip_update
+from fedlight.state import ClientStateStore
+from fedlight.strategies import STRATEGIES, build_strategy
+from tests.conftest import make_tiny_federated
+from tests.strategies.helpers import result
+
+
+def _dp_loop(data, *, noise=None, epsilon=None, clip=1.0, rounds=2, strategy="fedavg", lr=0.1, listeners=(), batch=4):
+    store = ClientStateStore()
+    privacy = SampleLevelDP(store=store, clip=clip, delta=1e-5, noise=noise, target_epsilon=epsilon)
+    privacy.calibrate(batches_per_epoch=[math.ceil(c.num_train / batch) for c in data.clients], local_epochs=1, rounds=rounds)
+    torch.manual_seed(0)
+    loop = FederatedLoop(
+        model=build_model("small_cnn", data.input_shape, data.num_classes), data=data, strategy=build_strategy(strategy),
+        rounds=rounds, clients_per_round=len(data.clients), local_epochs=1, batch_size=batch, lr=lr, store=store,
+        privacy=privacy, listeners=listeners,
+    )
+    return loop, privacy
+
+
+def test_reported_epsilon_matches_an_independent_accountant():
+    data = make_tiny_federated(num_clients=2, per_client=12)
+    loop, privacy = _dp_loop(data, noise=1.1, rounds=3)
+    history = loop.run()
+    for cid, client in enumerate(data.clients):
+        batches = math.ceil(client.num_train / 4)
+        independent = RDPAccountant()
+        for _ in range(3 * batches):
+            independent.step(noise_multiplier=1.1, sample_rate=1 / batches)
+        expected = independent.get_epsilon(delta=1e-5)
+        assert history[-1][f"dp_epsilon/{cid}"] == pytest.approx(expected, rel=1e-9)
+    assert privacy.summary()["epsilon_max"] == pytest.approx(max(history[-1][f"dp_epsilon/{c}"] for c in (0, 1)))
+    loop.store.close()
+
+
+class _StepRecorder(Callback):
+    """Records the batch size and the parameter change of every optimizer step."""
+
+    def __init__(self):
+        self.steps = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._before = torch.cat([p.detach().reshape(-1).clone() for p in pl_module.model.parameters()])
+        self._size = len(batch[1])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        after = torch.cat([p.detach().reshape(-1) for p in pl_module.model.parameters()])
+        self.steps.append((self._size, float((after - self._before).norm())))
+
+
+def test_clipping_bounds_each_sample_gradient_with_zero_noise(monkeypatch):
+    data = make_tiny_federated(num_clients=1, per_client=40)
+    recorder = _StepRecorder()
+    loop, _ = _dp_loop(data, noise=0.0, clip=0.01, rounds=1, lr=1.0, batch=8)
+    monkeypatch.setattr(loop.strategy, "configure_round", lambda r, ids, g: [_plan(ids[0], recorder)])
+    loop.run()
+    expected_batch = data.clients[0].num_train / math.ceil(data.clients[0].num_train / 8)
+    assert recorder.steps, "no steps recorded"
+    for size, change in recorder.steps:
+        # SGD step = lr * sum of clipped per-sample grads / expected batch size
+        assert change <= 1.0 * 0.01 * size / int(expected_batch) + 1e-6
+    # and clipping was active: an unclipped step on this data is far larger
+    assert max(change for _, change in recorder.steps) > 0.001
+    loop.store.close()
+
+
+def _plan(cid, callback):
+    from fedlight.strategies import ClientPlan
+
+    return ClientPlan(client_id=cid, callbacks=[callback])
+
+
+def test_target_epsilon_is_respected_after_all_rounds():
+    data = make_tiny_federated(num_clients=2, per_client=12)
+    loop, privacy = _dp_loop(data, epsilon=3.0, rounds=2)
+    loop.run()
+    eps = privacy.epsilon_max()
+    assert eps <= 3.0 and eps > 2.5  # calibrated, not over-noised
+    loop.store.close()
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_sample_level_dp_works_with_every_strategy(name):
+    data = make_tiny_federated(num_clients=2, per_client=8)
+    loop, privacy = _dp_loop(data, noise=0.5, rounds=1, strategy=name)
+    history = loop.run()
+    assert history[0]["clients_ok"] == 2 and history[0]["dp_epsilon_max"] > 0
+    loop.store.close()
+
+
+def test_unmeetable_epsilon_is_a_config_error():
+    with pytest.raises(ConfigError, match="cannot be met"):
+        calibrate_noise(target_epsilon=1e-9, delta=1e-5, sample_rate=1.0, steps=1000, accountant="rdp")
+
+
+def test_clip_update_hand_computed():
+    clipped = clip_update({"a": torch.tensor([3.0]), "b": torch.tensor([4.0])}, max_norm=1.0)  # norm 5
+    assert torch.allclose(clipped["a"], torch.tensor([0.6])) and torch.allclose(clipped["b"], torch.tensor([0.8]))
+    kept = clip_update({"a": torch.tensor([0.3])}, max_norm=1.0)
+    assert torch.allclose(kept["a"], torch.tensor([0.3]))
+
+
+def test_client_level_average_is_clipped_capped_and_fixed_denominator():
+    dp = ClientLevelDP(clip=1.0, delta=1e-5, clients_per_round=2, num_clients=10, mean_client_size=10.0, rounds=5, noise=0.0)
+    results = [result(0, {"w": torch.tensor([5.0])}, n=20), result(1, {"w": torch.tensor([0.5])}, n=5)]
+    new = dp.average(results, {"w": torch.tensor([0.0])}, trust=torch.tensor([1.0, 1.0]))
+    # updates clipped to 1 and 0.5; weights min(1, 20/10) = 1 and min(1, 5/10) = 0.5; / K = 2
+    assert torch.allclose(new["w"], torch.tensor([(1.0 * 1 + 0.5 * 0.5) / 2]))
+    trusted = dp.average(results, {"w": torch.tensor([0.0])}, trust=torch.tensor([0.0, 1.0]))
+    assert torch.allclose(trusted["w"], torch.tensor([0.25 / 2]))
+
+
+def test_client_level_accounting_matches_opacus():
+    dp = ClientLevelDP(clip=1.0, delta=1e-5, clients_per_round=3, num_clients=30, mean_client_size=1.0, rounds=4, noise=1.0)
+    for _ in range(4):
+        dp.average([result(0, {"w": torch.tensor([1.0])})], {"w": torch.tensor([0.0])})
+    independent = RDPAccountant()
+    for _ in range(4):
+        independent.step(noise_multiplier=1.0, sample_rate=0.1)
+    assert dp.epsilon() == pytest.approx(independent.get_epsilon(delta=1e-5), rel=1e-9)
+
+
+def test_client_level_noise_is_calibrated_to_target():
+    dp = ClientLevelDP(clip=1.0, delta=1e-5, clients_per_round=10, num_clients=300, mean_client_size=1.0, rounds=50, target_epsilon=2.0)
+    for _ in range(50):
+        dp.average([result(0, {"w": torch.tensor([1.0])})], {"w": torch.tensor([0.0])})
+    assert 1.8 < dp.epsilon() <= 2.0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dp-noise", "-1"], "--dp-noise must be non-negative"),
+        (["--dp-noise", "1", "--dp-clip", "-0.5"], "--dp-clip must be positive"),
+        (["--dp-noise", "1", "--dp-delta", "0"], r"--dp-delta must be in (0, 1)"),
+        (["--dp-noise", "1", "--dp-delta", "1"], r"--dp-delta must be in (0, 1)"),
+        (["--dp-epsilon", "0.000001"], "cannot be met"),
+        (["--dp-mode", "client"], "needs --dp-noise or --dp-epsilon"),
+        (["--dp-noise", "1", "--dp-epsilon", "2"], "either --dp-noise or --dp-epsilon"),
+        (["--dp-noise", "1", "--dp-accountant", "gdp2"], "unknown --dp-accountant"),
+    ],
+)
+def test_bad_privacy_settings_exit_2(args, message, tracking_uri, capsys):
+    code = main(["run", "--dataset", "digits", "--num-clients", "4", "--clients-per-round", "2", "--rounds", "2",
+                 "--no-progress", "--tracking-uri", tracking_uri, *args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err
+
+
+def test_dp_flags_imply_sample_mode():
+    assert build_config({}, {"dp_noise": 1.0}).privacy.mode == "sample"
+    assert build_config({}, {"dp_noise": 1.0, "dp_mode": "client"}).privacy.mode == "client"

@@ -1,0 +1,118 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import optuna
+import pytest
+import yaml
+
+from fedlight.cli import main
+from fedlight.errors import ConfigError
+from fedlight.sweep import load_sweep, run_sweep
+
+TINY_SWEEP = {
+    "study": "tiny",
+    "n_trials": 2,
+    "objectives": ["accuracy"],
+    "pruner": "none",
+    "register_as": "tiny-champion",
+    "heartbeat_interval": 1,
+    "grace_period": 2,
+    "space": {"training.lr": {"type": "float", "low": 0.02, "high": 0.2, "log": True}},
+    "base": {
+        "data": {"dataset": "digits", "num_clients": 3, "partition": "iid"},
+        "training": {"rounds": 2, "clients_per_round": 2, "batch_size": 32},
+        "tracking": {"experiment": "tiny-sweep"},
+    },
+}
+
+
+def _write(tmp_path, **changes):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({**TINY_SWEEP, **changes}))
+    return path
+
+
+def _children(client, parent_id):
+    experiment = client.get_experiment_by_name("tiny-sweep")
+    return client.search_runs([experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+def test_sweep_resumes_into_the_same_study_and_parent_run(tmp_path):
+    storage, uri = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
+    sweep = load_sweep(_write(tmp_path))
+    study = run_sweep(sweep, storage=storage, tracking_uri=uri, sweeps_dir=tmp_path)
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 2
+    parent_id = study.user_attrs["mlflow_parent_run_id"]
+
+    study = run_sweep(sweep, storage=storage, tracking_uri=uri, n_trials=3, sweeps_dir=tmp_path)
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 3
+    assert study.user_attrs["mlflow_parent_run_id"] == parent_id
+
+    client = mlflow.MlflowClient(uri)
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    assert "best.training.lr" in parent.data.tags and parent.data.metrics["best_accuracy"] == pytest.approx(study.best_value)
+    assert {a.path for a in client.list_artifacts(parent_id)} >= {"optimization_history.png", "best.json"}
+    children = _children(client, parent_id)
+    assert len(children) == 3 and set(r.info.status for r in children) == {"FINISHED"}
+    child = children[0]
+    assert child.data.tags["optuna_state"] == "COMPLETE" and "training.lr" in child.data.params
+    assert len(client.get_metric_history(child.info.run_id, "test_accuracy")) >= 1
+    parents = client.search_runs([parent.info.experiment_id], filter_string="tags.sweep = 'parent'")
+    assert len(parents) == 1
+    champion = client.get_model_version_by_alias("tiny-champion", "champion")
+    assert champion.run_id == study.best_trial.user_attrs["mlflow_run_id"]
+
+
+def test_killed_worker_leaves_no_trial_running(tmp_path):
+    storage, uri = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
+    path = _write(tmp_path, n_trials=3)
+    cmd = [sys.executable, "-m", "fedlight.cli", "sweep", "--config", str(path), "--storage", storage, "--tracking-uri", uri]
+    worker = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    deadline = time.time() + 120
+    running = []
+    while time.time() < deadline and not running:
+        time.sleep(0.5)
+        try:
+            study = optuna.load_study(study_name="tiny", storage=storage)
+            running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+        except KeyError:
+            continue
+    assert running, "the worker never started a trial"
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    time.sleep(3)  # past the grace period
+    subprocess.run(cmd, check=True, capture_output=True, cwd=tmp_path, timeout=300)
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    states = [t.state for t in study.trials]
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3
+    assert optuna.trial.TrialState.FAIL in states
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("tiny-sweep").experiment_id])
+    assert "RUNNING" not in {r.info.status for r in runs}
+
+
+def test_sweep_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown sweep keys"):
+        load_sweep(_write(tmp_path, trials=3))
+    with pytest.raises(ConfigError, match="not a config option"):
+        load_sweep(_write(tmp_path, space={"training.speed": {"type": "float", "low": 0, "high": 1}}))
+    with pytest.raises(ConfigError, match="low < high"):
+        load_sweep(_write(tmp_path, space={"training.lr": {"type": "float", "low": 1, "high": 0.1}}))
+    with pytest.raises(ConfigError, match="objectives"):
+        load_sweep(_write(tmp_path, objectives=["speed"]))
+
+
+def test_multi_objective_prints_the_pareto_front(tmp_path, capsys):
+    path = _write(tmp_path, study="pareto", objectives=["accuracy", "epsilon"], register_as=None,
+                  space={"privacy.noise": {"type": "float", "low": 0.5, "high": 2.0}},
+                  base={**TINY_SWEEP["base"], "privacy": {"mode": "sample", "clip": 1.0}})
+    code = main(["sweep", "--config", str(path), "--storage", f"sqlite:///{tmp_path}/o.db",
+                 "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--n-trials", "2"])
+    out = capsys.readouterr().out
+    assert code == 0 and "Pareto front (accuracy vs epsilon)" in out and "epsilon=" in out
