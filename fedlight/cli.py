@@ -23,7 +23,7 @@ class _Parser(argparse.ArgumentParser):
 
 # flag -> (type, help)
 _FLAG_TYPES: dict[str, tuple[type, str]] = {
-    "dataset": (str, "data source: digits (embedded) or femnist"),
+    "dataset": (str, "data source: digits (embedded), femnist or crossdomain (FEMNIST digits + digits)"),
     "data_dir": (str, "directory with the dataset's files"),
     "partition": (str, f"one of {', '.join(PARTITIONS)}"),
     "num_clients": (int, "number of clients (natural: a seeded subset of writers)"),
@@ -35,6 +35,7 @@ _FLAG_TYPES: dict[str, tuple[type, str]] = {
     "label_noise": (float, "probability that a noisy client's label is corrupted"),
     "label_noise_mode": (str, f"one of {', '.join(LABEL_NOISE_MODES)}"),
     "image_noise_std": (float, "std of Gaussian pixel noise on noisy clients"),
+    "domain": (str, "crossdomain dataset: keep only this domain's parties (femnist or digits)"),
     "model": (str, "model architecture"),
     "rounds": (int, "federated rounds"),
     "clients_per_round": (int, "clients sampled each round"),
@@ -67,7 +68,7 @@ _FLAG_TYPES: dict[str, tuple[type, str]] = {
     "experiment": (str, "MLflow experiment name"),
     "tracking_uri": (str, "MLflow tracking URI (default sqlite:///mlruns/mlflow.db)"),
     "run_name": (str, "MLflow run name"),
-    "registered_model": (str, "register the final model under this name"),
+    "registered_model": (str, "register the final model under this name (\"\" for none)"),
 }
 assert set(_FLAG_TYPES) == set(CLI_FIELDS)
 

@@ -41,6 +41,7 @@ class DataConfig:
     label_noise: float = 0.0
     label_noise_mode: str = "random"
     image_noise_std: float = 0.0
+    domain: str | None = None
 
 
 @dataclass
@@ -146,6 +147,7 @@ CLI_FIELDS: dict[str, tuple[str, str]] = {
     "label_noise": ("data", "label_noise"),
     "label_noise_mode": ("data", "label_noise_mode"),
     "image_noise_std": ("data", "image_noise_std"),
+    "domain": ("data", "domain"),
     "model": ("training", "model"),
     "rounds": ("training", "rounds"),
     "clients_per_round": ("training", "clients_per_round"),
@@ -252,6 +254,8 @@ def build_config(
         section, key = CLI_FIELDS[flag]
         sections[section][key] = value
     config = RunConfig(**{name: SECTIONS[name](**values) for name, values in sections.items()})
+    if not config.tracking.registered_model:
+        config.tracking.registered_model = None  # "" on the command line: do not register
     dp = config.privacy
     if dp.mode == "off" and (dp.noise is not None or dp.epsilon is not None):
         dp.mode = "sample"

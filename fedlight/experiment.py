@@ -45,6 +45,7 @@ def load_federated_data(config: RunConfig) -> FederatedData:
         label_noise_mode=d.label_noise_mode,
         image_noise_std=d.image_noise_std,
         seed=config.training.seed,
+        domain=d.domain,
     )
 
 

@@ -22,8 +22,6 @@ from fedlight.privacy import SampleLevelDP
 from fedlight.state import ClientStateStore
 from fedlight.strategies import ClientFailure, ClientPlan, ClientResult, Params, Strategy
 
-TEST_METRICS = ("loss", "accuracy", "precision", "recall", "f1")
-
 
 class RoundListener(Protocol):
     """Anything that wants each round's metrics (MLflow, Optuna pruning, progress)."""
@@ -145,7 +143,14 @@ class FederatedLoop:
         )
 
     def evaluate(self) -> dict[str, float]:
-        return evaluate(self.model, self.data.test_x, self.data.test_y, self.data.num_classes)
+        metrics = evaluate(self.model, self.data.test_x, self.data.test_y, self.data.num_classes)
+        if self.data.test_domain is not None:
+            for index, name in enumerate(self.data.domain_names):
+                rows = self.data.test_domain == index
+                if bool(rows.any()):
+                    _, accuracy = loss_and_accuracy(self.model, self.data.test_x[rows], self.data.test_y[rows])
+                    metrics[f"accuracy_{name}"] = accuracy
+        return metrics
 
     def run_round(self, server_round: int) -> dict[str, float]:
         started = time.perf_counter()
@@ -191,7 +196,7 @@ class FederatedLoop:
         """The last evaluated test metrics, without the ``test_`` prefix."""
         for row in reversed(self.history):
             if "test_accuracy" in row:
-                return {k: row[f"test_{k}"] for k in TEST_METRICS}
+                return {k.removeprefix("test_"): v for k, v in row.items() if k.startswith("test_")}
         return self.evaluate()
 
     def state_dict(self) -> dict[str, Any]:

@@ -80,3 +80,51 @@ def optimization_figure(study) -> Figure:
     ax.grid(alpha=0.3)
     ax.legend()
     return fig
+
+
+def grouped_bar_figure(
+    groups: Sequence[str], series: dict[str, Sequence[tuple[float, float]]], *, xlabel: str, ylabel: str, title: str
+) -> Figure:
+    """Bars of mean ± std: one cluster per group, one bar per series."""
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
+    width = 0.8 / max(len(series), 1)
+    x = np.arange(len(groups))
+    for i, (label, values) in enumerate(series.items()):
+        means = [v[0] for v in values]
+        stds = [v[1] for v in values]
+        bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=label)
+        ax.bar_label(bars, labels=[f"{m:.3f}" for m in means], fontsize=7, padding=2)
+    ax.set_xticks(x, groups)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncols=2)
+    return fig
+
+
+def band_figure(curves: dict[str, dict[str, Sequence[Sequence[float]]]], rounds: Sequence[int], title: str) -> Figure:
+    """Mean and min-max band over seeds of test accuracy and loss against round, one line per label.
+
+    ``curves[label]["accuracy"]`` is a list (one per seed) of per-round values.
+    """
+    import numpy as np
+
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.5), constrained_layout=True)
+    for label, metrics in curves.items():
+        for ax, key in ((ax_acc, "accuracy"), (ax_loss, "loss")):
+            values = np.asarray(metrics[key], dtype=float)
+            mean = values.mean(axis=0)
+            line = ax.plot(rounds, mean, label=label)[0]
+            ax.fill_between(rounds, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.15)
+    ax_acc.set_ylabel("test accuracy")
+    ax_loss.set_ylabel("test loss (cross-entropy)")
+    for ax in (ax_acc, ax_loss):
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return fig

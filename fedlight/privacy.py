@@ -25,15 +25,18 @@ the adaptive aggregator's reported losses are not noised.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from opacus import PrivacyEngine
-from opacus.accountants import create_accountant
+from opacus.accountants import RDPAccountant, create_accountant
+from opacus.accountants.analysis import rdp as privacy_analysis
 from opacus.accountants.utils import get_noise_multiplier
 from torch.utils.data import DataLoader
 
@@ -65,11 +68,28 @@ def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, 
         ) from None
 
 
+@functools.lru_cache(maxsize=4096)
+def _rdp_per_step(noise: float, sample_rate: float) -> np.ndarray:
+    return privacy_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS)
+
+
 def epsilon_spent(history: Sequence[tuple[float, float, int]], *, delta: float, accountant: str) -> float:
-    """Epsilon of an accountant history ``[(noise, sample_rate, steps), ...]``."""
+    """Epsilon of an accountant history ``[(noise, sample_rate, steps), ...]``.
+
+    For RDP this is Opacus' ``RDPAccountant.get_epsilon`` term for term (same
+    orders, RDP linear in steps), with the per-step RDP of each (noise, rate)
+    cached: parties share few sampling rates, and recomputing the 150-order
+    RDP cost about 0.1 s per party per round.
+    """
+    if not history:
+        return 0.0
+    if accountant == "rdp":
+        rdp = sum(_rdp_per_step(float(noise), float(rate)) * steps for noise, rate, steps in history)
+        eps, _ = privacy_analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
+        return float(eps)
     acc = create_accountant(mechanism=accountant)
     acc.history = list(history)
-    return float(acc.get_epsilon(delta=delta)) if history else 0.0
+    return float(acc.get_epsilon(delta=delta))
 
 
 class SampleLevelDP:
@@ -151,7 +171,7 @@ class SampleLevelDP:
                 p.grad_sample = None
             # Steps taken are privacy spent, even if the fit failed.
             self.store.put(client_id, "dp_accountant", engine.accountant.state_dict())
-            epsilon = float(engine.accountant.get_epsilon(delta=self.delta)) if engine.accountant.history else 0.0
+            epsilon = epsilon_spent(engine.accountant.history, delta=self.delta, accountant=self.accountant)
             self.store.put(client_id, "dp_epsilon", epsilon)
             self._round_epsilons[client_id] = epsilon
 

@@ -7,6 +7,7 @@ picks up where it stopped when run again.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -106,3 +107,88 @@ def guard(main) -> int:
         return main()
     except FedlightError as exc:
         return fail(str(exc))
+
+
+def log_summary_run(*, experiment: str, tracking_uri: str | None, run_name: str, files: Sequence[Path],
+                    params: dict[str, Any] | None = None) -> str:
+    """An MLflow run holding a pipeline's outputs (tables, plots) next to its per-configuration runs."""
+    import mlflow
+
+    from fedlight.tracking import resolve_tracking_uri
+
+    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=run_name, tags={"pipeline_summary": "yes"}) as run:
+        if params:
+            mlflow.log_params({k: str(v) for k, v in params.items()})
+        for path in files:
+            mlflow.log_artifact(str(path))
+    return run.info.run_id
+
+
+def write_table(out: Path, text: str, rows: list[dict[str, Any]]) -> list[Path]:
+    """Write ``table.md`` and ``table.csv`` under ``out``; return their paths."""
+    import csv
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(text)
+    with (out / "table.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return [out / "table.md", out / "table.csv"]
+
+
+def pipeline_parser(doc: str, *, name: str, seeds: Sequence[int] = (0, 1, 2)) -> argparse.ArgumentParser:
+    """The options every FEMNIST pipeline shares; ``--quick`` shrinks a run to a smoke test."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "femnist"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(seeds))
+    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--clients-per-round", type=int, default=10)
+    parser.add_argument("--num-clients", type=int, default=None, help="a subset of the writers (default: all)")
+    parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=1, help="parallel runs (each gets cores / workers threads)")
+    parser.add_argument("--experiment", default=name.replace("_", "-"))
+    parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("--out", default=str(REPO / "pipelines" / "results" / name))
+    parser.add_argument("--quick", action="store_true", help="3 rounds, 12 writers, 1 seed (for tests)")
+    return parser
+
+
+def parse_pipeline_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.rounds, args.clients_per_round, args.num_clients, args.eval_every = [0], 3, 4, 12, 1
+    if not Path(args.data_dir).is_dir():
+        raise FedlightError(f"data directory not found: {args.data_dir}")
+    return args
+
+
+def run_sections(args: argparse.Namespace, *, data: dict[str, Any], strategy: str, seed: int, run_name: str,
+                 lr: float = 0.1, privacy: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A FEMNIST run config with the pipelines' shared training settings (small CNN, batch 10, 1 local epoch)."""
+    data = {"dataset": "femnist", "data_dir": args.data_dir, "partition": "natural", **data}
+    if args.num_clients and "num_clients" not in data:
+        data["num_clients"] = args.num_clients
+    sections = {
+        "data": data,
+        "training": {"model": "small_cnn", "rounds": args.rounds, "clients_per_round": args.clients_per_round,
+                     "local_epochs": 1, "batch_size": 10, "lr": lr, "eval_every": args.eval_every, "seed": seed},
+        "strategy": {"name": strategy},
+        "tracking": {"experiment": args.experiment, "tracking_uri": args.tracking_uri, "registered_model": None,
+                     "run_name": run_name},
+    }
+    if privacy is not None:
+        sections["privacy"] = privacy
+    return sections
+
+
+def finish(args: argparse.Namespace, out: Path, text: str, rows: list[dict[str, Any]], extra_files: Sequence[Path] = ()) -> int:
+    """Write the table, log it (and any figures) to an MLflow summary run, print it."""
+    files = write_table(out, text, rows) + list(extra_files)
+    log_summary_run(experiment=args.experiment, tracking_uri=args.tracking_uri, run_name=f"{out.name}-summary",
+                    files=files, params={"command": " ".join(sys.argv[1:]) or "(defaults)"})
+    print(text)
+    print(f"wrote {out / 'table.md'} and {out / 'table.csv'}")
+    return 0

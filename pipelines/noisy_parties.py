@@ -13,13 +13,21 @@ FedAvg-to-oracle gap that the adaptive aggregator closes.
 
 from __future__ import annotations
 
-import argparse
-import csv
 import datetime
 import sys
 from pathlib import Path
 
-from common import REPO, Job, fail, guard, markdown_table, mean_std, run_grid
+from common import (
+    Job,
+    finish,
+    guard,
+    markdown_table,
+    mean_std,
+    parse_pipeline_args,
+    pipeline_parser,
+    run_grid,
+    run_sections,
+)
 
 MODES = ("clean", "random", "shift")
 STRATEGIES = ("fedavg", "adaptive", "oracle")
@@ -32,19 +40,8 @@ def build_jobs(args) -> list[Job]:
             if mode == "clean" and strategy == "oracle":
                 continue  # identical to FedAvg on clean data
             for seed in args.seeds:
-                data = {"dataset": "femnist", "data_dir": args.data_dir, "partition": "natural"}
-                if args.num_clients:
-                    data["num_clients"] = args.num_clients
-                if mode != "clean":
-                    data.update(noisy_client_fraction=0.3, label_noise=0.8, label_noise_mode=mode)
-                sections = {
-                    "data": data,
-                    "training": {"model": "small_cnn", "rounds": args.rounds, "clients_per_round": args.clients_per_round,
-                                 "local_epochs": 1, "batch_size": 10, "lr": 0.1, "eval_every": args.eval_every, "seed": seed},
-                    "strategy": {"name": strategy},
-                    "tracking": {"experiment": args.experiment, "tracking_uri": args.tracking_uri,
-                                 "registered_model": None, "run_name": f"{strategy}-{mode}-s{seed}"},
-                }
+                data = {} if mode == "clean" else {"noisy_client_fraction": 0.3, "label_noise": 0.8, "label_noise_mode": mode}
+                sections = run_sections(args, data=data, strategy=strategy, seed=seed, run_name=f"{strategy}-{mode}-s{seed}")
                 jobs.append(Job(labels=(("mode", mode), ("strategy", strategy), ("seed", seed)), sections=sections))
     return jobs
 
@@ -88,34 +85,11 @@ def summarise(results: dict, args) -> tuple[str, list[dict]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "femnist"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--rounds", type=int, default=100)
-    parser.add_argument("--clients-per-round", type=int, default=10)
-    parser.add_argument("--num-clients", type=int, default=None)
-    parser.add_argument("--eval-every", type=int, default=10)
-    parser.add_argument("--workers", type=int, default=1, help="parallel runs (each gets cores / workers threads)")
-    parser.add_argument("--experiment", default="noisy-parties")
-    parser.add_argument("--tracking-uri", default=None)
-    parser.add_argument("--out", default=str(REPO / "pipelines" / "results" / "noisy_parties"))
-    parser.add_argument("--quick", action="store_true", help="3 rounds, 12 writers, 1 seed (for tests)")
-    args = parser.parse_args()
-    if args.quick:
-        args.seeds, args.rounds, args.clients_per_round, args.num_clients, args.eval_every = [0], 3, 4, 12, 1
+    args = parse_pipeline_args(pipeline_parser(__doc__, name="noisy_parties"))
     out = Path(args.out)
-    if not Path(args.data_dir).is_dir():
-        return fail(f"data directory not found: {args.data_dir}")
     results = run_grid(build_jobs(args), results_path=out / "runs.jsonl", workers=args.workers)
     text, csv_rows = summarise(results, args)
-    (out / "table.md").write_text(text)
-    with (out / "table.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(csv_rows[0]))
-        writer.writeheader()
-        writer.writerows(csv_rows)
-    print(text)
-    print(f"wrote {out / 'table.md'} and {out / 'table.csv'}")
-    return 0
+    return finish(args, out, text, csv_rows)
 
 
 if __name__ == "__main__":

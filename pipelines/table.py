@@ -14,13 +14,21 @@ algorithm: FedProx and FedAdam stand in that slot.
 
 from __future__ import annotations
 
-import argparse
-import csv
 import datetime
 import sys
 from pathlib import Path
 
-from common import REPO, Job, fail, guard, markdown_table, mean_std, run_grid
+from common import (
+    Job,
+    finish,
+    guard,
+    markdown_table,
+    mean_std,
+    parse_pipeline_args,
+    pipeline_parser,
+    run_grid,
+    run_sections,
+)
 
 from fedlight.strategies import STRATEGIES
 
@@ -36,17 +44,8 @@ def build_jobs(args) -> list[Job]:
     for condition in args.conditions:
         for strategy in args.strategies:
             for seed in args.seeds:
-                data = {"dataset": "femnist", "data_dir": args.data_dir, "partition": "natural", **CONDITIONS[condition]}
-                if args.num_clients:
-                    data["num_clients"] = args.num_clients
-                sections = {
-                    "data": data,
-                    "training": {"model": "small_cnn", "rounds": args.rounds, "clients_per_round": args.clients_per_round,
-                                 "local_epochs": 1, "batch_size": 10, "lr": 0.1, "eval_every": args.eval_every, "seed": seed},
-                    "strategy": {"name": strategy},
-                    "tracking": {"experiment": args.experiment, "tracking_uri": args.tracking_uri,
-                                 "registered_model": None, "run_name": f"{strategy}-{condition}-s{seed}"},
-                }
+                sections = run_sections(args, data=dict(CONDITIONS[condition]), strategy=strategy, seed=seed,
+                                        run_name=f"{strategy}-{condition}-s{seed}")
                 jobs.append(Job(labels=(("condition", condition), ("strategy", strategy), ("seed", seed)), sections=sections))
     return jobs
 
@@ -81,39 +80,15 @@ def summarise(results: dict, args) -> tuple[str, list[dict]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "femnist"))
-    parser.add_argument("--strategies", nargs="+", default=[s for s in STRATEGIES if s != "oracle"])
+    parser = pipeline_parser(__doc__, name="table")
+    parser.add_argument("--strategies", nargs="+", default=[s for s in STRATEGIES if s != "oracle"], choices=list(STRATEGIES))
     parser.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=list(CONDITIONS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--rounds", type=int, default=100)
-    parser.add_argument("--clients-per-round", type=int, default=10)
-    parser.add_argument("--num-clients", type=int, default=None)
-    parser.add_argument("--eval-every", type=int, default=10)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--experiment", default="method-table")
-    parser.add_argument("--tracking-uri", default=None)
-    parser.add_argument("--out", default=str(REPO / "pipelines" / "results" / "table"))
-    parser.add_argument("--quick", action="store_true", help="3 rounds, 12 writers, 1 seed (for tests)")
-    args = parser.parse_args()
-    if args.quick:
-        args.seeds, args.rounds, args.clients_per_round, args.num_clients, args.eval_every = [0], 3, 4, 12, 1
-    unknown = [s for s in args.strategies if s not in STRATEGIES]
-    if unknown:
-        return fail(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
-    if not Path(args.data_dir).is_dir():
-        return fail(f"data directory not found: {args.data_dir}")
+    parser.set_defaults(experiment="method-table")
+    args = parse_pipeline_args(parser)
     out = Path(args.out)
     results = run_grid(build_jobs(args), results_path=out / "runs.jsonl", workers=args.workers)
     text, csv_rows = summarise(results, args)
-    (out / "table.md").write_text(text)
-    with (out / "table.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(csv_rows[0]))
-        writer.writeheader()
-        writer.writerows(csv_rows)
-    print(text)
-    print(f"wrote {out / 'table.md'} and {out / 'table.csv'}")
-    return 0
+    return finish(args, out, text, csv_rows)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ def test_run_digits_end_to_end(tmp_path, tracking_uri):
                  "--registered-model", "cli-model", "--output-json", str(out)])
     assert code == 0
     summary = json.loads(out.read_text())
-    assert set(summary) == {"run_id", "experiment", "strategy", "rounds", "final", "history", "wall_time_s"}
+    assert {"run_id", "experiment", "strategy", "rounds", "final", "history", "wall_time_s"} <= set(summary)
+    assert summary["model_uri"].startswith("models:/")
     assert set(summary["final"]) == {"accuracy", "precision", "recall", "f1", "loss"}
     assert [row["round"] for row in summary["history"]] == [1, 2]
 
@@ -102,4 +103,6 @@ def test_subprocess_bad_input_has_no_traceback(tracking_uri):
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == "fedlight: error: unknown strategy 'nope'; choose from fedavg"
+    assert proc.stderr.strip() == (
+        "fedlight: error: unknown strategy 'nope'; choose from fedavg, fedprox, scaffold, moon, fedadam, adaptive, oracle"
+    )

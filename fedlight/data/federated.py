@@ -52,6 +52,8 @@ class FederatedData:
     input_shape: tuple[int, int, int]
     dataset: str
     corrupted_clients: list[int] = field(default_factory=list)
+    domain_names: tuple[str, ...] | None = None
+    test_domain: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:
@@ -88,8 +90,13 @@ def build_federated_data(
     label_noise_mode: str = "random",
     image_noise_std: float = 0.0,
     seed: int = 0,
+    domain: str | None = None,
 ) -> FederatedData:
-    """Split ``source`` into clients; deterministic for a given ``seed``."""
+    """Split ``source`` into clients; deterministic for a given ``seed``.
+
+    ``domain`` keeps only the parties of one source of a multi-source dataset
+    (the test data keeps every domain, so transfer can be measured).
+    """
     rng = _rng(seed, _STREAM_PARTITION)
     test_rows = np.arange(len(source.test_y))
     names: list[str]
@@ -97,10 +104,19 @@ def build_federated_data(
         parts = natural_partition(source.train_writer, num_clients, rng)
         writer_of_part = [int(source.train_writer[p[0]]) for p in parts]
         names = [source.writer_ids[w] if source.writer_ids else str(w) for w in writer_of_part]
+        if domain is not None:
+            if source.domain_names is None or domain not in source.domain_names:
+                raise ConfigError(f"--domain {domain!r}: dataset {source.name} has domains {source.domain_names or 'none'}")
+            wanted = source.domain_names.index(domain)
+            kept = [i for i, w in enumerate(writer_of_part) if source.writer_domain[w] == wanted]
+            parts, writer_of_part = [parts[i] for i in kept], [writer_of_part[i] for i in kept]
+            names = [names[i] for i in kept]
         if source.test_writer is not None:
             # Evaluate on the pooled test data of the writers taking part.
             test_rows = np.flatnonzero(np.isin(source.test_writer, writer_of_part))
     else:
+        if domain is not None:
+            raise ConfigError("--domain needs the natural partition")
         n = num_clients or DEFAULT_NUM_CLIENTS
         if partition == "iid":
             parts = iid_partition(len(source.train_y), n, rng)
@@ -149,4 +165,6 @@ def build_federated_data(
         input_shape=source.input_shape,
         dataset=source.name,
         corrupted_clients=sorted(noisy),
+        domain_names=source.domain_names,
+        test_domain=torch.from_numpy(source.test_domain[test_rows]) if source.test_domain is not None else None,
     )

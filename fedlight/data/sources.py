@@ -34,6 +34,10 @@ class SourceData:
     train_writer: np.ndarray | None = None  # int [N], index into writer_ids
     test_writer: np.ndarray | None = None
     writer_ids: tuple[str, ...] | None = None
+    # Multi-source data: the domain of each writer and of each test sample.
+    domain_names: tuple[str, ...] | None = None
+    writer_domain: np.ndarray | None = None
+    test_domain: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
@@ -195,9 +199,49 @@ def _check_labels(train_y: np.ndarray, test_y: np.ndarray, num_classes: int, roo
             raise DataError(f"{root}: labels must lie in [0, {num_classes - 1}]")
 
 
+def load_crossdomain(data_dir: str | None, seed: int = 0, digits_parties: int = 30) -> SourceData:
+    """Two sources on one label space (the digits 0-9): FEMNIST writers and scikit-learn's digits.
+
+    FEMNIST keeps its writers' digit images (28x28, one party per writer);
+    scikit-learn's 8x8 digits are upsampled to 28x28 (bilinear) and dealt at
+    random to ``digits_parties`` parties. The parties therefore differ in
+    resolution, style and size. Test data: both sources' test splits, with
+    the domain of each sample, so accuracy can be reported per domain.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    femnist = load_femnist(data_dir, seed=seed)
+    digits = load_digits(seed=seed)
+    keep_train, keep_test = femnist.train_y < 10, femnist.test_y < 10
+    side = femnist.input_shape[1]
+
+    def upsample(x: np.ndarray) -> np.ndarray:
+        return F.interpolate(torch.from_numpy(x), size=(side, side), mode="bilinear", align_corners=False).clamp(0, 1).numpy()
+
+    num_femnist = len(femnist.writer_ids)
+    rng = np.random.default_rng([seed, 11])
+    digit_party = num_femnist + rng.integers(0, digits_parties, size=len(digits.train_y))
+    return SourceData(
+        name="crossdomain",
+        train_x=np.concatenate([femnist.train_x[keep_train], upsample(digits.train_x)]),
+        train_y=np.concatenate([femnist.train_y[keep_train], digits.train_y]),
+        test_x=np.concatenate([femnist.test_x[keep_test], upsample(digits.test_x)]),
+        test_y=np.concatenate([femnist.test_y[keep_test], digits.test_y]),
+        class_names=tuple(str(d) for d in range(10)),
+        train_writer=np.concatenate([femnist.train_writer[keep_train], digit_party]),
+        test_writer=None,
+        writer_ids=tuple(f"femnist:{w}" for w in femnist.writer_ids) + tuple(f"digits:{k}" for k in range(digits_parties)),
+        domain_names=("femnist", "digits"),
+        writer_domain=np.array([0] * num_femnist + [1] * digits_parties),
+        test_domain=np.concatenate([np.zeros(int(keep_test.sum()), dtype=np.int64), np.ones(len(digits.test_y), dtype=np.int64)]),
+    )
+
+
 SOURCES: dict[str, Callable[..., SourceData]] = {
     "digits": load_digits,
     "femnist": load_femnist,
+    "crossdomain": load_crossdomain,
 }
 
 

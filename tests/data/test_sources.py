@@ -86,3 +86,19 @@ def test_real_femnist_subset():
     assert src.num_classes == 62 and len(src.writer_ids) == 300
     assert len(src.train_y) == 41904 and len(src.test_y) == 4806
     assert set(np.unique(src.train_writer)) == set(range(300))
+
+
+def test_crossdomain_merges_two_sources_on_the_digit_labels(tmp_path):
+    from fedlight.data import build_federated_data
+    from fedlight.data.sources import load_crossdomain
+
+    _write_npz(tmp_path, writers=(0, 0, 1, 2), test_writers=(0, 1, 2))
+    src = load_crossdomain(str(tmp_path), digits_parties=5)
+    assert src.num_classes == 10 and src.input_shape == (1, 28, 28)
+    assert src.domain_names == ("femnist", "digits") and len(src.writer_ids) == 3 + 5
+    assert src.train_y.max() <= 9 and len(src.test_domain) == len(src.test_y)
+    alone = build_federated_data(src, partition="natural", domain="digits")
+    assert len(alone.clients) == 5 and all(c.name.startswith("digits:") for c in alone.clients)
+    assert set(alone.test_domain.tolist()) == {0, 1}  # evaluated on both domains
+    with pytest.raises(ConfigError, match="has domains"):
+        build_federated_data(src, partition="natural", domain="mnist")

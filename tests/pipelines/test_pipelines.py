@@ -14,7 +14,7 @@ def _run(script, tmp_path, *extra):
     proc = subprocess.run(
         [sys.executable, str(REPO / "pipelines" / script), "--quick", "--data-dir", str(FEMNIST_DIR),
          "--out", str(tmp_path / "out"), "--tracking-uri", uri, *extra],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return uri, proc.stdout
@@ -29,7 +29,11 @@ def test_noisy_parties_quick(tmp_path):
     assert {(r["strategy"], r["mode"]) for r in rows} == {(s, m) for s in ("fedavg", "adaptive", "oracle") for m in ("clean", "random", "shift")}
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["noisy-parties"])
-    assert len(runs) == 8 and set(runs["status"]) == {"FINISHED"}
+    summary = runs[runs["tags.pipeline_summary"] == "yes"]
+    trained = runs[runs["tags.pipeline_summary"] != "yes"]
+    assert len(summary) == 1 and len(trained) == 8 and set(runs["status"]) == {"FINISHED"}
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(summary["run_id"].iloc[0])}
+    assert artifacts == {"table.md", "table.csv"}
     # a second invocation reuses the finished runs instead of training again
     _, again = _run("noisy_parties.py", tmp_path)
     assert "8 of 8 runs already done" in again
@@ -59,3 +63,24 @@ def test_privacy_quick(tmp_path):
     rows = list(csv.DictReader((tmp_path / "out" / "table.csv").open()))
     assert [r["noise"] for r in rows] == ["none", "1.0"]
     assert float(rows[1]["epsilon_max"]) > 0 and rows[0]["epsilon_max"] == "inf"
+
+
+@requires_femnist
+def test_volume_quick(tmp_path):
+    _run("volume.py", tmp_path, "--strategies", "fedavg")
+    rows = list(csv.DictReader((tmp_path / "out" / "table.csv").open()))
+    assert len(rows) == 6 and (tmp_path / "out" / "volume.png").stat().st_size > 10_000
+
+
+@requires_femnist
+def test_convergence_quick(tmp_path):
+    _run("convergence.py", tmp_path, "--strategies", "fedavg", "fedprox", "--runs", str(tmp_path / "runs.jsonl"))
+    assert (tmp_path / "out" / "convergence.png").stat().st_size > 10_000
+
+
+@requires_femnist
+def test_crossdomain_quick(tmp_path):
+    _run("crossdomain.py", tmp_path)
+    rows = list(csv.DictReader((tmp_path / "out" / "table.csv").open()))
+    assert [r["setup"] for r in rows] == ["femnist parties alone", "digits parties alone", "fedavg, all parties", "adaptive, all parties"]
+    assert all(0 <= float(r["accuracy_digits_mean"]) <= 1 for r in rows)
