@@ -22,7 +22,7 @@ from fedlight.data import FederatedData, build_federated_data, load_source
 from fedlight.errors import ConfigError
 from fedlight.loop import FederatedLoop, ProgressReporter, RoundListener
 from fedlight.models import build_model
-from fedlight.plots import alpha_figure, convergence_figure
+from fedlight.plots import alpha_figure, alpha_series, convergence_figure
 from fedlight.privacy import ClientLevelDP, SampleLevelDP
 from fedlight.state import ClientStateStore
 from fedlight.strategies import Strategy, build_strategy
@@ -122,20 +122,17 @@ def run_tags(config: RunConfig) -> dict[str, str]:
 
 def _log_alphas(tracker: MlflowRun, history: list[dict[str, float]], data: FederatedData) -> None:
     """Alpha trajectories (plot and table) and the final mean alpha of corrupted vs clean parties."""
-    figure = alpha_figure(history, data.corrupted_clients)
-    if figure is None:
+    series = alpha_series(history)
+    if not series:
         return
-    tracker.log_figure(figure, "plots/alpha_trajectories.png")
-    latest: dict[int, float] = {}
-    table = []
-    for row in history:
-        for key, value in row.items():
-            if key.startswith("alpha/"):
-                cid = int(key.split("/", 1)[1])
-                latest[cid] = value
-                table.append({"round": row["round"], "client": cid, "name": data.clients[cid].name,
-                              "corrupted": cid in data.corrupted_clients, "alpha": value})
+    tracker.log_figure(alpha_figure(series, data.corrupted_clients), "plots/alpha_trajectories.png")
+    table = sorted(
+        ({"round": r, "client": cid, "name": data.clients[cid].name, "corrupted": cid in data.corrupted_clients, "alpha": a}
+         for cid, points in series.items() for r, a in points),
+        key=lambda row: (row["round"], row["client"]),
+    )
     tracker.log_dict(table, "alpha_table.json")
+    latest = {cid: points[-1][1] for cid, points in series.items()}
     bad = [a for c, a in latest.items() if c in data.corrupted_clients]
     good = [a for c, a in latest.items() if c not in data.corrupted_clients]
     summary = {"final_alpha_clean_mean": sum(good) / len(good)} if good else {}

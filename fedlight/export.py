@@ -48,6 +48,13 @@ def _resolve_version(client, name: str, alias: str | None, version: str | None):
         raise ConfigError(f"model {name}{'@' + alias if alias else '/' + str(version)} not found in the registry: {exc.message}") from None
 
 
+def _model_info(run_id: str) -> dict[str, Any]:
+    """The ``model_info.json`` (classes, input shape, preprocessing) a fedlight run logged."""
+    import mlflow
+
+    return json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model_info.json")).read_text())
+
+
 def export_model(spec: str, out_dir: str | Path, *, tracking_uri: str | None = None, check_batch: int = 16) -> dict[str, Any]:
     """Export a registry model to TorchScript and verify it; returns the sidecar info."""
     import mlflow
@@ -59,7 +66,7 @@ def export_model(spec: str, out_dir: str | Path, *, tracking_uri: str | None = N
     client = mlflow.MlflowClient()
     model_version = _resolve_version(client, name, alias, version)
     model = mlflow.pytorch.load_model(uri).eval()
-    info = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=model_version.run_id, artifact_path="model_info.json")).read_text())
+    info = _model_info(model_version.run_id)
     info.update({"registered_model": name, "version": int(model_version.version), "alias": alias,
                  "source_run_id": model_version.run_id, "format": "torchscript"})
 
@@ -102,7 +109,7 @@ def load_for_prediction(model: str, *, tracking_uri: str | None = None) -> tuple
             run_id = _resolve_version(mlflow.MlflowClient(), name, alias, version).run_id
         else:
             run_id = model.removeprefix("runs:/").split("/")[0]
-        info = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model_info.json")).read_text())
+        info = _model_info(run_id)
     except mlflow.exceptions.MlflowException as exc:
         raise DataError(f"cannot load model {model}: {exc.message}") from None
     return loaded, info

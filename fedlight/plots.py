@@ -33,15 +33,18 @@ def convergence_figure(history: Sequence[dict[str, float]], title: str = "") -> 
     return fig
 
 
-def alpha_figure(history: Sequence[dict[str, float]], corrupted: Sequence[int] = ()) -> Figure | None:
-    """Each party's trust weight alpha over the rounds it took part in; None without alphas."""
+def alpha_series(history: Sequence[dict[str, float]]) -> dict[int, list[tuple[int, float]]]:
+    """client id -> [(round, alpha), ...] from the loop's ``alpha/<client>`` metrics, in round order."""
     series: dict[int, list[tuple[int, float]]] = {}
     for row in history:
         for key, value in row.items():
             if key.startswith("alpha/"):
                 series.setdefault(int(key.split("/", 1)[1]), []).append((row["round"], value))
-    if not series:
-        return None
+    return series
+
+
+def alpha_figure(series: dict[int, list[tuple[int, float]]], corrupted: Sequence[int] = ()) -> Figure:
+    """Each party's trust weight alpha over the rounds it took part in (``series`` from :func:`alpha_series`)."""
     bad = set(corrupted)
     fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
     for cid, points in sorted(series.items()):
