@@ -119,9 +119,9 @@ class MoonContrastive(LossTerm):
         similarities = torch.stack(
             [F.cosine_similarity(embedding, z_global, dim=1), F.cosine_similarity(embedding, z_previous, dim=1)], dim=1
         ) / self.tau
-        # -log softmax at index 0 (the global model is the positive pair)
+        # -log softmax at index 0 (the global model is the positive pair), per sample
         targets = torch.zeros(len(x), dtype=torch.long, device=x.device)
-        return self.mu * F.cross_entropy(similarities, targets)
+        return self.mu * F.cross_entropy(similarities, targets, reduction="none")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: ClientModule) -> None:
         self.store.put(self.client_id, "moon_previous", {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()})
@@ -129,19 +129,27 @@ class MoonContrastive(LossTerm):
 
 
 class GlobalLossProbe(Callback):
-    """Reports the global model's mean loss on the client's training data before local training.
+    """Reports how the global model fits the client's training data, before local training.
 
-    A label-free quality signal for the server: parties whose labels disagree
-    with what the federation has learned show a high loss.
+    Sent to the server: ``pre_train_loss`` (mean cross-entropy against the
+    party's labels), ``pre_train_entropy`` (mean entropy of the global
+    model's predictive distribution, which needs no labels) and
+    ``pre_train_accuracy``. A label-free quality signal for the server:
+    parties whose labels disagree with what the federation has learned show
+    a loss well above the model's own uncertainty.
     """
 
     def on_train_start(self, trainer: L.Trainer, pl_module: ClientModule) -> None:
-        total, count = 0.0, 0
+        loss, entropy, correct, count = 0.0, 0.0, 0, 0
         was_training = pl_module.model.training
         pl_module.model.eval()
         with torch.no_grad():
             for x, y in trainer.train_dataloader:
-                total += float(F.cross_entropy(pl_module.model(x), y, reduction="sum"))
+                log_probs = F.log_softmax(pl_module.model(x), dim=1)
+                loss += float(F.nll_loss(log_probs, y, reduction="sum"))
+                entropy += float(-(log_probs.exp() * log_probs).sum())
+                correct += int((log_probs.argmax(dim=1) == y).sum())
                 count += len(y)
         pl_module.model.train(was_training)
-        pl_module.report["pre_train_loss"] = total / max(count, 1)
+        count = max(count, 1)
+        pl_module.report.update(pre_train_loss=loss / count, pre_train_entropy=entropy / count, pre_train_accuracy=correct / count)

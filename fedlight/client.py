@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -38,7 +38,12 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*
 
 
 class LossTerm(Callback):
-    """A callback that adds ``loss_term(...)`` to the local objective."""
+    """A callback that adds ``loss_term(...)`` to the local objective.
+
+    The term is per sample (shape ``[batch]``), like the cross-entropy it is
+    added to before the batch mean: DP-SGD's ghost clipping needs each
+    sample's loss to bound each sample's gradient.
+    """
 
     def loss_term(
         self, module: ClientModule, x: torch.Tensor, y: torch.Tensor, embedding: torch.Tensor, logits: torch.Tensor
@@ -80,6 +85,11 @@ class ClientModule(L.LightningModule):
         self._gradient_edits: list[GradientEdit] = []
         # Set by DP-SGD: gradient edits then run after noising, from Opacus' step hook.
         self.edit_gradients_after_noise = False
+        # Set by DP-SGD with ghost clipping: replaces loss.backward() with a
+        # backward pass that clips each sample's gradient; it gets the
+        # per-sample losses and the batch's inputs.
+        self.per_sample_backward: Callable[[torch.Tensor, torch.Tensor], None] | None = None
+        self._pending_backward: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -98,18 +108,30 @@ class ClientModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
+        if self.per_sample_backward is not None:
+            # ghost clipping's first backward pass only needs to reach the inputs
+            x = x.requires_grad_(True)
         embedding = self.model.embed(x)
         logits = self.model.head(embedding)
         if len(y) == 0:
             # Poisson sampling (DP-SGD) can draw an empty batch; the step must
             # still happen (noise only), so return a zero loss with a graph.
             return logits.sum() * 0.0
-        loss = F.cross_entropy(logits, y)
-        self._loss_sum += float(loss.detach()) * len(y)
+        per_sample = F.cross_entropy(logits, y, reduction="none")
+        self._loss_sum += float(per_sample.detach().sum())
         self._loss_count += len(y)
         for term in self._loss_terms:
-            loss = loss + term.loss_term(self, x, y, embedding, logits)
-        return loss
+            per_sample = per_sample + term.loss_term(self, x, y, embedding, logits)
+        if self.per_sample_backward is not None:
+            self._pending_backward = (per_sample, x)
+        return per_sample.mean()
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        pending, self._pending_backward = self._pending_backward, None
+        if self.per_sample_backward is not None and pending is not None:
+            self.per_sample_backward(*pending)
+        else:
+            super().backward(loss, *args, **kwargs)
 
     @property
     def mean_train_loss(self) -> float:

@@ -74,7 +74,7 @@ class StrategyConfig:
     alpha_min: float = 0.0
     alpha_max: float = 1.0
     alpha_temperature: float = 0.25
-    alpha_tolerance: float = 0.5
+    alpha_tolerance: float = 0.0
 
     def options(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
@@ -82,6 +82,7 @@ class StrategyConfig:
 
 DP_MODES = ("off", "sample", "client")
 DP_ACCOUNTANTS = ("rdp", "prv")
+DP_GRAD_SAMPLE_MODES = ("ghost", "hooks")
 
 
 @dataclass
@@ -94,6 +95,7 @@ class PrivacyConfig:
     clip: float = 1.0
     delta: float = 1e-5
     accountant: str = "rdp"
+    grad_sample_mode: str = "ghost"
 
 
 @dataclass
@@ -177,6 +179,7 @@ CLI_FIELDS: dict[str, tuple[str, str]] = {
     "dp_clip": ("privacy", "clip"),
     "dp_delta": ("privacy", "delta"),
     "dp_accountant": ("privacy", "accountant"),
+    "dp_grad_sample_mode": ("privacy", "grad_sample_mode"),
     "experiment": ("tracking", "experiment"),
     "tracking_uri": ("tracking", "tracking_uri"),
     "run_name": ("tracking", "run_name"),
@@ -292,6 +295,8 @@ def validate(config: RunConfig) -> None:
     dp = config.privacy
     _require(dp.mode in DP_MODES, f"unknown --dp-mode {dp.mode!r}; choose from {', '.join(DP_MODES)}")
     _require(dp.accountant in DP_ACCOUNTANTS, f"unknown --dp-accountant {dp.accountant!r}; choose from {', '.join(DP_ACCOUNTANTS)}")
+    _require(dp.grad_sample_mode in DP_GRAD_SAMPLE_MODES,
+             f"unknown --dp-grad-sample-mode {dp.grad_sample_mode!r}; choose from {', '.join(DP_GRAD_SAMPLE_MODES)}")
     _require(dp.noise is None or (dp.noise >= 0 and math.isfinite(dp.noise)), f"--dp-noise must be non-negative, got {dp.noise}")
     _require(dp.clip > 0 and math.isfinite(dp.clip), f"--dp-clip must be positive, got {dp.clip}")
     _require(0 < dp.delta < 1, f"--dp-delta must be in (0, 1), got {dp.delta}")

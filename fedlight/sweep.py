@@ -10,7 +10,7 @@ space over dotted config keys, and the base run config::
     register_as: fedlight-digits-sweep
     space:
       training.lr: {type: float, low: 0.01, high: 0.3, log: true}
-      strategy.alpha_rule: {type: categorical, choices: [uniform, loss, similarity, quality]}
+      strategy.alpha_rule: {type: categorical, choices: [uniform, loss, similarity, global_loss, quality]}
     base:                             # an ordinary run config (sections data/training/...)
       data: {dataset: digits}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,19 @@ def resolve_tracking_uri(tracking_uri: str | None) -> str:
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return uri
+
+
+def prepare_tracking_store(tracking_uri: str | None, experiments: Iterable[str]) -> None:
+    """Create the tracking store's schema and these experiments from one process.
+
+    Two processes that open a new SQLite store at once both run MLflow's
+    schema migrations, and one fails ("duplicate column name: step");
+    parallel workers must start from a store that exists.
+    """
+    client = mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    for name in set(experiments):
+        if client.get_experiment_by_name(name) is None:
+            client.create_experiment(name)
 
 
 class MlflowRun:

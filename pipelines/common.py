@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -74,14 +74,31 @@ def run_grid(jobs: Sequence[Job], *, results_path: Path, workers: int = 1) -> di
         acc = result["final"]["accuracy"]
         print(f"  {dict(job.labels)} accuracy={acc:.4f} ({result['wall_time_s']:.0f}s) run={result['run_id']}", flush=True)
 
-    if workers <= 1:
+    if workers <= 1 or len(todo) <= 1:
         for job in todo:
             record(job, _run_job(job.sections, threads))
     else:
+        from fedlight.tracking import prepare_tracking_store
+
+        for uri in {job.sections["tracking"].get("tracking_uri") for job in todo}:
+            prepare_tracking_store(uri, [job.sections["tracking"]["experiment"] for job in todo
+                                         if job.sections["tracking"].get("tracking_uri") == uri])
+        failures: list[str] = []
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            futures = [(job, pool.submit(_run_job, job.sections, threads)) for job in todo]
-            for job, future in futures:
-                record(job, future.result())
+            futures = {pool.submit(_run_job, job.sections, threads): job for job in todo}
+            # record each run as it finishes, so that one failure loses no finished run
+            for future in as_completed(futures):
+                if future.cancelled():
+                    continue
+                job = futures[future]
+                try:
+                    record(job, future.result())
+                except Exception as exc:  # noqa: BLE001 - reported below with the job that failed
+                    failures.append(f"{dict(job.labels)}: {type(exc).__name__}: {exc}")
+                    for pending in futures:
+                        pending.cancel()
+        if failures:
+            raise FedlightError(f"{len(failures)} run(s) failed, finished runs are kept in {results_path}: {failures[0]}")
     return {job.key: done[job.key] for job in jobs}
 
 
@@ -166,7 +183,8 @@ def parse_pipeline_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
 
 
 def run_sections(args: argparse.Namespace, *, data: dict[str, Any], strategy: str, seed: int, run_name: str,
-                 lr: float = 0.1, privacy: dict[str, Any] | None = None) -> dict[str, Any]:
+                 lr: float = 0.1, privacy: dict[str, Any] | None = None,
+                 strategy_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """A FEMNIST run config with the pipelines' shared training settings (small CNN, batch 10, 1 local epoch)."""
     data = {"dataset": "femnist", "data_dir": args.data_dir, "partition": "natural", **data}
     if args.num_clients and "num_clients" not in data:
@@ -175,7 +193,7 @@ def run_sections(args: argparse.Namespace, *, data: dict[str, Any], strategy: st
         "data": data,
         "training": {"model": "small_cnn", "rounds": args.rounds, "clients_per_round": args.clients_per_round,
                      "local_epochs": 1, "batch_size": 10, "lr": lr, "eval_every": args.eval_every, "seed": seed},
-        "strategy": {"name": strategy},
+        "strategy": {"name": strategy, **(strategy_options or {})},
         "tracking": {"experiment": args.experiment, "tracking_uri": args.tracking_uri, "registered_model": None,
                      "run_name": run_name},
     }

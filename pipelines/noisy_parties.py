@@ -29,8 +29,24 @@ from common import (
     run_sections,
 )
 
+from fedlight.config import StrategyConfig
+
 MODES = ("clean", "random", "shift")
 STRATEGIES = ("fedavg", "adaptive", "oracle")
+
+
+def adaptive_options(args) -> dict[str, object]:
+    """The adaptive aggregator's settings given on the command line (none: its defaults)."""
+    given = {"alpha_rule": args.alpha_rule, "alpha_temperature": args.alpha_temperature, "alpha_tolerance": args.alpha_tolerance}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def adaptive_settings(args) -> str:
+    defaults = StrategyConfig()
+    settings = {"alpha_rule": defaults.alpha_rule, "alpha_momentum": defaults.alpha_momentum,
+                "alpha_temperature": defaults.alpha_temperature, "alpha_tolerance": defaults.alpha_tolerance,
+                **adaptive_options(args)}
+    return ", ".join(f"{k.removeprefix('alpha_')} {v}" for k, v in settings.items())
 
 
 def build_jobs(args) -> list[Job]:
@@ -41,8 +57,12 @@ def build_jobs(args) -> list[Job]:
                 continue  # identical to FedAvg on clean data
             for seed in args.seeds:
                 data = {} if mode == "clean" else {"noisy_client_fraction": 0.3, "label_noise": 0.8, "label_noise_mode": mode}
-                sections = run_sections(args, data=data, strategy=strategy, seed=seed, run_name=f"{strategy}-{mode}-s{seed}")
-                jobs.append(Job(labels=(("mode", mode), ("strategy", strategy), ("seed", seed)), sections=sections))
+                options = adaptive_options(args) if strategy == "adaptive" else {}
+                sections = run_sections(args, data=data, strategy=strategy, seed=seed, run_name=f"{strategy}-{mode}-s{seed}",
+                                        strategy_options=options)
+                # non-default adaptive settings are part of the run's identity in the results file
+                labels = (("mode", mode), ("strategy", strategy), ("seed", seed), *sorted(options.items()))
+                jobs.append(Job(labels=labels, sections=sections))
     return jobs
 
 
@@ -78,14 +98,19 @@ def summarise(results: dict, args) -> tuple[str, list[dict]]:
         f"Command: `python pipelines/noisy_parties.py {' '.join(sys.argv[1:])}`  \n"
         f"Date: {datetime.date.today().isoformat()}; seeds {list(args.seeds)}; {args.rounds} rounds, "
         f"{args.clients_per_round} parties per round, natural partition, small CNN, lr 0.1, batch 10, 1 local epoch; "
-        f"noisy modes: 30% of parties with 80% of labels corrupted. Test accuracy after the last round.\n\n"
+        f"noisy modes: 30% of parties with 80% of labels corrupted. Test accuracy after the last round.  \n"
+        f"adaptive: {adaptive_settings(args)}\n\n"
         + markdown_table(header, rows)
     )
     return text, csv_rows
 
 
 def main() -> int:
-    args = parse_pipeline_args(pipeline_parser(__doc__, name="noisy_parties"))
+    parser = pipeline_parser(__doc__, name="noisy_parties")
+    parser.add_argument("--alpha-rule", help="adaptive aggregator's rule (default: its default)")
+    parser.add_argument("--alpha-temperature", type=float, help="adaptive aggregator's temperature")
+    parser.add_argument("--alpha-tolerance", type=float, help="adaptive aggregator's tolerance")
+    args = parse_pipeline_args(parser)
     out = Path(args.out)
     results = run_grid(build_jobs(args), results_path=out / "runs.jsonl", workers=args.workers)
     text, csv_rows = summarise(results, args)

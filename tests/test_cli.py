@@ -41,6 +41,20 @@ def test_run_digits_end_to_end(tmp_path, tracking_uri):
     assert type(model).__name__ == "SmallCNN"
 
 
+def test_adaptive_run_logs_corrupted_parties_and_alphas(tmp_path, tracking_uri):
+    out = tmp_path / "summary.json"
+    code = main(["run", *TINY, "--strategy", "adaptive", "--noisy-client-fraction", "0.5", "--label-noise", "1",
+                 "--tracking-uri", tracking_uri, "--registered-model", "", "--output-json", str(out)])
+    assert code == 0
+    client = mlflow.MlflowClient(tracking_uri)
+    run_id = json.loads(out.read_text())["run_id"]
+    clients = json.loads(open(client.download_artifacts(run_id, "data/clients.json", str(tmp_path))).read())
+    assert len(clients["corrupted_clients"]) == 2 and len(clients["corrupted_client_names"]) == 2
+    table = json.load(open(client.download_artifacts(run_id, "alpha_table.json", str(tmp_path))))
+    assert table and all(row["corrupted"] == (row["client"] in clients["corrupted_clients"]) for row in table)
+    assert "plots/alpha_trajectories.png" in {a.path for a in client.list_artifacts(run_id, "plots")}
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

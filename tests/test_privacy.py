@@ -10,16 +10,18 @@ from fedlight.config import build_config
 from fedlight.errors import ConfigError
 from fedlight.loop import FederatedLoop
 from fedlight.models import build_model
-from fedlight.privacy import ClientLevelDP, SampleLevelDP, calibrate_noise, clip_update
+from fedlight.privacy import GRAD_SAMPLE_MODES, ClientLevelDP, SampleLevelDP, calibrate_noise, clip_update
 from fedlight.state import ClientStateStore
 from fedlight.strategies import STRATEGIES, build_strategy
 from tests.conftest import make_tiny_federated
 from tests.strategies.helpers import result
 
 
-def _dp_loop(data, *, noise=None, epsilon=None, clip=1.0, rounds=2, strategy="fedavg", lr=0.1, listeners=(), batch=4):
+def _dp_loop(data, *, noise=None, epsilon=None, clip=1.0, rounds=2, strategy="fedavg", lr=0.1, listeners=(), batch=4,
+             grad_sample_mode="ghost"):
     store = ClientStateStore()
-    privacy = SampleLevelDP(store=store, clip=clip, delta=1e-5, noise=noise, target_epsilon=epsilon)
+    privacy = SampleLevelDP(store=store, clip=clip, delta=1e-5, noise=noise, target_epsilon=epsilon,
+                            grad_sample_mode=grad_sample_mode)
     privacy.calibrate(batches_per_epoch=[math.ceil(c.num_train / batch) for c in data.clients], local_epochs=1, rounds=rounds)
     torch.manual_seed(0)
     loop = FederatedLoop(
@@ -60,10 +62,11 @@ class _StepRecorder(Callback):
         self.steps.append((self._size, float((after - self._before).norm())))
 
 
-def test_clipping_bounds_each_sample_gradient_with_zero_noise(monkeypatch):
+@pytest.mark.parametrize("mode", GRAD_SAMPLE_MODES)
+def test_clipping_bounds_each_sample_gradient_with_zero_noise(monkeypatch, mode):
     data = make_tiny_federated(num_clients=1, per_client=40)
     recorder = _StepRecorder()
-    loop, _ = _dp_loop(data, noise=0.0, clip=0.01, rounds=1, lr=1.0, batch=8)
+    loop, _ = _dp_loop(data, noise=0.0, clip=0.01, rounds=1, lr=1.0, batch=8, grad_sample_mode=mode)
     monkeypatch.setattr(loop.strategy, "configure_round", lambda r, ids, g: [_plan(ids[0], recorder)])
     loop.run()
     expected_batch = data.clients[0].num_train / math.ceil(data.clients[0].num_train / 8)
@@ -74,6 +77,23 @@ def test_clipping_bounds_each_sample_gradient_with_zero_noise(monkeypatch):
     # and clipping was active: an unclipped step on this data is far larger
     assert max(change for _, change in recorder.steps) > 0.001
     loop.store.close()
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "moon"])
+def test_ghost_clipping_gives_the_same_update_as_per_sample_gradients(strategy):
+    """Both modes clip the same per-sample gradients; with zero noise the models must agree."""
+    data = make_tiny_federated(num_clients=2, per_client=24)
+    params = {}
+    for mode in GRAD_SAMPLE_MODES:
+        loop, _ = _dp_loop(data, noise=0.0, clip=0.05, rounds=2, lr=0.5, batch=6, strategy=strategy, grad_sample_mode=mode)
+        loop.run()
+        params[mode] = loop.global_params()
+        loop.store.close()
+    ghost, hooks = params["ghost"], params["hooks"]
+    moved = max(float((ghost[k] - hooks[k]).abs().max()) for k in ghost)
+    assert moved < 1e-5
+    start = build_model("small_cnn", data.input_shape, data.num_classes)
+    assert any(not torch.allclose(ghost[k], v) for k, v in start.state_dict().items()), "training did not move the model"
 
 
 def _plan(cid, callback):
@@ -91,10 +111,11 @@ def test_target_epsilon_is_respected_after_all_rounds():
     loop.store.close()
 
 
+@pytest.mark.parametrize("mode", GRAD_SAMPLE_MODES)
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
-def test_sample_level_dp_works_with_every_strategy(name):
+def test_sample_level_dp_works_with_every_strategy(name, mode):
     data = make_tiny_federated(num_clients=2, per_client=8)
-    loop, privacy = _dp_loop(data, noise=0.5, rounds=1, strategy=name)
+    loop, privacy = _dp_loop(data, noise=0.5, rounds=1, strategy=name, grad_sample_mode=mode)
     history = loop.run()
     assert history[0]["clients_ok"] == 2 and history[0]["dp_epsilon_max"] > 0
     loop.store.close()
@@ -150,6 +171,7 @@ def test_client_level_noise_is_calibrated_to_target():
         (["--dp-mode", "client"], "needs --dp-noise or --dp-epsilon"),
         (["--dp-noise", "1", "--dp-epsilon", "2"], "either --dp-noise or --dp-epsilon"),
         (["--dp-noise", "1", "--dp-accountant", "gdp2"], "unknown --dp-accountant"),
+        (["--dp-noise", "1", "--dp-grad-sample-mode", "vmap"], "unknown --dp-grad-sample-mode"),
     ],
 )
 def test_bad_privacy_settings_exit_2(args, message, tracking_uri, capsys):
@@ -162,3 +184,36 @@ def test_bad_privacy_settings_exit_2(args, message, tracking_uri, capsys):
 def test_dp_flags_imply_sample_mode():
     assert build_config({}, {"dp_noise": 1.0}).privacy.mode == "sample"
     assert build_config({}, {"dp_noise": 1.0, "dp_mode": "client"}).privacy.mode == "client"
+
+
+def test_ghost_clipped_backward_matches_opacus_ghost_clipping():
+    from opacus import PrivacyEngine
+    from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from fedlight.privacy import ghost_clipped_backward
+
+    torch.manual_seed(0)
+    model = build_model("small_cnn", (1, 8, 8), 3)
+    x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 3, (6,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    hooks, dp_optimizer, _, _ = PrivacyEngine().make_private(
+        module=model, optimizer=optimizer, data_loader=DataLoader(TensorDataset(x, y), batch_size=3), noise_multiplier=0.0,
+        max_grad_norm=0.1, wrap_model=False, grad_sample_mode="ghost", criterion=torch.nn.CrossEntropyLoss(),
+    )
+    grads = []
+    for ours in (False, True):
+        dp_optimizer.zero_grad()
+        inputs = x.clone().requires_grad_(True)
+        per_sample = torch.nn.functional.cross_entropy(model(inputs), y, reduction="none")
+        if ours:
+            ghost_clipped_backward(hooks, per_sample, inputs, parameters=list(model.parameters()))
+        else:
+            DPTensorFastGradientClipping(hooks, dp_optimizer, per_sample, loss_reduction="mean").backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    hooks.cleanup()
+    for theirs, ours in zip(*grads):
+        assert torch.allclose(theirs, ours, atol=1e-7)
+    # clipping was active: the summed clipped gradient is at most 6 samples x 0.1
+    assert math.sqrt(sum(float(g.pow(2).sum()) for g in grads[1])) <= 0.6 + 1e-5
+

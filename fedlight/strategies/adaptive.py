@@ -10,18 +10,25 @@ alpha_i starts at 1 and, each round party i takes part, moves as
 alpha_i <- clip((1 - m) alpha_i + m s_i, alpha_min, alpha_max), where the
 score s_i in [0, 1] comes from a rule in :data:`~fedlight.strategies.trust.ALPHA_RULES`:
 ``uniform`` (FedAvg), ``loss`` (local validation loss), ``similarity``
-(cosine with the median update) or ``quality`` (the global model's loss on
-the party's data before local training; the default, since it needs no
-labels from the server and flags mislabelled parties the first time they
-take part). The updated alpha is used in the same round's aggregate.
+(cosine with the median update), ``global_loss`` (the global model's loss on
+the party's data before local training, relative to the round's median) or
+``quality``, the default: the party's *label surprise* CE_i - H_i, the
+global model's cross-entropy on the party's labels minus the entropy of its
+own predictions on the same inputs, s_i = exp(-max(0, CE_i - H_i - tol) / T).
+It needs no labels at the server and no reference party, and it separates
+mislabelled parties from clean parties with hard handwriting, whose
+predictions are uncertain too (measured on FEMNIST; see
+:func:`~fedlight.strategies.trust.label_surprise_scores`). The updated alpha
+is used in the same round's aggregate.
 
 Hyperparameters: ``alpha_rule`` ("quality"), ``alpha_momentum`` m (0.9; a
 party takes part in about 3 of 100 rounds when 10 of 300 are sampled, so the
 latest score must dominate), ``alpha_min`` (0), ``alpha_max`` (1; also the
 cap that client-level DP calibrates its noise to), ``alpha_temperature`` T
-(0.25) and ``alpha_tolerance`` (0.5) of the ``quality`` rule: a party whose
-loss is at most 1.5x the round's median scores 1, one at 2x scores e^-2, one
-at 3x e^-6. The loss-based rules take the temperature too.
+(0.25) and ``alpha_tolerance`` tol (0): a party whose labels surprise the
+model 0.25 nats more than its predictions do scores e^-1, one at 1 nat e^-4.
+``global_loss`` reads the tolerance as the loss ratio to the median above 1
+that goes unpenalised (0.5 worked for it); ``loss`` uses the temperature.
 alpha_i is kept per client id in the state store.
 """
 
@@ -44,7 +51,7 @@ class AdaptiveTrust(Strategy):
         alpha_min: float = 0.0,
         alpha_max: float = 1.0,
         alpha_temperature: float = 0.25,
-        alpha_tolerance: float = 0.5,
+        alpha_tolerance: float = 0.0,
     ):
         if alpha_rule not in ALPHA_RULES:
             raise ValueError(f"unknown alpha rule {alpha_rule!r}; choose from {', '.join(ALPHA_RULES)}")

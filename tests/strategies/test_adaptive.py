@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -17,8 +19,8 @@ def _setup(strategy):
     return store
 
 
-def test_quality_rule_downweights_high_loss_party_by_hand():
-    strategy = AdaptiveTrust(alpha_rule="quality", alpha_momentum=0.5, alpha_temperature=1.0, alpha_tolerance=0.0)
+def test_global_loss_rule_downweights_high_loss_party_by_hand():
+    strategy = AdaptiveTrust(alpha_rule="global_loss", alpha_momentum=0.5, alpha_temperature=1.0, alpha_tolerance=0.0)
     store = _setup(strategy)
     results = [
         result(0, {"w": torch.tensor([1.0])}, n=10, extras={"pre_train_loss": 1.0}),
@@ -32,6 +34,23 @@ def test_quality_rule_downweights_high_loss_party_by_hand():
     expected = (10 * 1.0 + 10 * 1.0 + a2 * 20 * 4.0) / (10 + 10 + a2 * 20)
     assert new["w"].item() == pytest.approx(expected, rel=1e-6)
     assert strategy.round_metrics()["alpha/2"] == pytest.approx(a2)
+    store.close()
+
+
+def test_quality_rule_downweights_surprising_labels_by_hand():
+    strategy = AdaptiveTrust(alpha_rule="quality", alpha_momentum=1.0, alpha_temperature=0.5, alpha_tolerance=0.25)
+    store = _setup(strategy)
+    results = [
+        # CE - H: -0.5 (under-confident, clean) and 0.2 (within the tolerance) score 1
+        result(0, {"w": torch.tensor([1.0])}, n=10, extras={"pre_train_loss": 3.0, "pre_train_entropy": 3.5}),
+        result(1, {"w": torch.tensor([2.0])}, n=10, extras={"pre_train_loss": 1.2, "pre_train_entropy": 1.0}),
+        # CE - H = 1.25: excess 1 over the tolerance -> s = e^(-1 / 0.5)
+        result(2, {"w": torch.tensor([5.0])}, n=10, extras={"pre_train_loss": 2.0, "pre_train_entropy": 0.75}),
+    ]
+    new = strategy.aggregate(1, {"w": torch.tensor([0.0])}, results, [])
+    s2 = torch.exp(torch.tensor(-2.0)).item()
+    assert [store.get(c, "alpha") for c in (0, 1, 2)] == pytest.approx([1.0, 1.0, s2])
+    assert new["w"].item() == pytest.approx((1.0 + 2.0 + s2 * 5.0) / (2 + s2), rel=1e-6)
     store.close()
 
 
@@ -55,7 +74,7 @@ def test_uniform_rule_reduces_to_fedavg(tiny_data):
         assert torch.allclose(params["fedavg"][key], params["adaptive"][key], atol=1e-7)
 
 
-@pytest.mark.parametrize("rule", ["loss", "similarity", "quality"])
+@pytest.mark.parametrize("rule", ["loss", "similarity", "global_loss", "quality"])
 def test_every_rule_trains_and_records_alpha(rule, tiny_data):
     loop = FederatedLoop(
         model=build_model("small_cnn", tiny_data.input_shape, tiny_data.num_classes), data=tiny_data,
@@ -78,3 +97,20 @@ def test_oracle_gives_excluded_parties_zero_weight():
     oracle = build_strategy("oracle", {"excluded_clients": [1]})
     new = oracle.aggregate(1, {"w": torch.tensor([0.0])}, [result(0, {"w": torch.tensor([1.0])}), result(1, {"w": torch.tensor([9.0])})], [])
     assert new["w"].item() == 1.0
+
+
+def test_global_loss_probe_reports_loss_entropy_and_accuracy_by_hand():
+    class FixedLogits(torch.nn.Module):
+        def forward(self, x):
+            # two classes with probabilities (0.75, 0.25) for every input
+            return torch.log(torch.tensor([[0.75, 0.25]])).expand(len(x), 2)
+
+    from types import SimpleNamespace
+
+    module = SimpleNamespace(model=FixedLogits(), report={})
+    x, y = torch.zeros(4, 1), torch.tensor([0, 0, 0, 1])
+    GlobalLossProbe().on_train_start(SimpleNamespace(train_dataloader=[(x[:2], y[:2]), (x[2:], y[2:])]), module)
+    entropy = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert module.report["pre_train_loss"] == pytest.approx((-3 * math.log(0.75) - math.log(0.25)) / 4)
+    assert module.report["pre_train_entropy"] == pytest.approx(entropy)
+    assert module.report["pre_train_accuracy"] == pytest.approx(0.75)

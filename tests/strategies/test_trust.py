@@ -6,6 +6,7 @@ from fedlight.strategies.trust import (
     ALPHA_RULES,
     ema_alpha,
     excess_loss_scores,
+    label_surprise_scores,
     median_cosine_scores,
     relative_loss_scores,
 )
@@ -22,6 +23,14 @@ def test_excess_loss_tolerance_spares_moderate_losses():
     scores = excess_loss_scores(losses, temperature=0.25, tolerance=0.5)
     # lower median 1: ratios 1, 1, 1, 1.4, 2, 3 -> excess over 1.5: 0, 0, 0, 0, 0.5, 1.5
     assert torch.allclose(scores, torch.tensor([1, 1, 1, 1, math.exp(-2), math.exp(-6)], dtype=torch.float64))
+
+
+def test_label_surprise_scores_hand_computed():
+    cross_entropy = torch.tensor([2.0, 2.0, 3.0], dtype=torch.float64)
+    entropy = torch.tensor([2.5, 1.5, 1.0], dtype=torch.float64)
+    # CE - H = -0.5, 0.5, 2.0; excess over tolerance 0.5: 0, 0, 1.5; T = 0.5
+    scores = label_surprise_scores(cross_entropy, entropy, temperature=0.5, tolerance=0.5)
+    assert torch.allclose(scores, torch.tensor([1.0, 1.0, math.exp(-3)], dtype=torch.float64))
 
 
 def test_relative_loss_scores_hand_computed():
@@ -43,5 +52,5 @@ def test_ema_and_clip():
 
 
 def test_rules_registered():
-    assert set(ALPHA_RULES) == {"uniform", "loss", "similarity", "quality"}
-    assert ALPHA_RULES["quality"].needs_pre_train_loss
+    assert set(ALPHA_RULES) == {"uniform", "loss", "similarity", "global_loss", "quality"}
+    assert ALPHA_RULES["quality"].needs_pre_train_loss and ALPHA_RULES["global_loss"].needs_pre_train_loss
