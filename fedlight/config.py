@@ -73,7 +73,7 @@ class StrategyConfig:
     alpha_momentum: float = 0.9
     alpha_min: float = 0.0
     alpha_max: float = 1.0
-    alpha_temperature: float = 0.25
+    alpha_temperature: float = 0.5
     alpha_tolerance: float = 0.0
 
     def options(self) -> dict[str, Any]:

@@ -85,12 +85,14 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--dp-noise", type=float, default=1.0)
-    parser.add_argument("--dp-rounds", type=int, default=3, help="rounds of the DP run (timed per round)")
+    parser.add_argument("--dp-rounds", type=int, default=None,
+                        help="rounds of the DP run (default: --rounds, so that both runs evaluate equally often)")
     parser.add_argument("--dp-clip", type=float, default=1.0)
     parser.add_argument("--dp-grad-sample-mode", choices=GRAD_SAMPLE_MODES, default="ghost",
                         help="ghost clipping (fedlight's default) or Opacus' per-sample gradient hooks")
     parser.add_argument("--repeats", type=int, default=2, help="alternating repeats; the best time of each side counts")
     args = parser.parse_args()
+    args.dp_rounds = args.dp_rounds or args.rounds
     try:
         data = build_federated_data(load_source("femnist", args.data_dir), partition="natural", seed=0)
     except FedlightError as exc:
