@@ -41,19 +41,18 @@ from opacus.accountants.utils import get_noise_multiplier
 from torch.utils.data import DataLoader
 
 from fedlight.client import ClientModule
-from fedlight.config import DP_GRAD_SAMPLE_MODES
+from fedlight.config import DP_GRAD_SAMPLE_MODES as GRAD_SAMPLE_MODES
 from fedlight.errors import ConfigError
 from fedlight.state import ClientStateStore
 from fedlight.strategies.base import PlainAverager
 
 Params = dict[str, torch.Tensor]
 ACCOUNTANTS = ("rdp", "prv")
-# "ghost": Opacus' ghost clipping (Li et al., "Large Language Models Can Be
+# GRAD_SAMPLE_MODES: "ghost" is Opacus' ghost clipping (Li et al., "Large Language Models Can Be
 # Strong Differentially Private Learners", ICLR 2022): per-sample gradient
 # norms from activations and backprops, then a second backward pass on the
 # clipped-weighted loss, so no per-sample gradient of a dense layer is ever
 # materialised. "hooks": Opacus' classic per-sample gradients.
-GRAD_SAMPLE_MODES = DP_GRAD_SAMPLE_MODES
 _NOISE_STREAM = 0xD9
 
 # Experiments run with Opacus' fast non-cryptographic RNG (documented above), and
