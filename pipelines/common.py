@@ -80,9 +80,12 @@ def run_grid(jobs: Sequence[Job], *, results_path: Path, workers: int = 1) -> di
     else:
         from fedlight.tracking import prepare_tracking_store
 
-        for uri in {job.sections["tracking"].get("tracking_uri") for job in todo}:
-            prepare_tracking_store(uri, [job.sections["tracking"]["experiment"] for job in todo
-                                         if job.sections["tracking"].get("tracking_uri") == uri])
+        experiments_by_store: dict[str | None, set[str]] = {}
+        for job in todo:
+            tracking = job.sections["tracking"]
+            experiments_by_store.setdefault(tracking.get("tracking_uri"), set()).add(tracking["experiment"])
+        for uri, experiments in experiments_by_store.items():
+            prepare_tracking_store(uri, experiments)
         failures: list[str] = []
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
             futures = {pool.submit(_run_job, job.sections, threads): job for job in todo}

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -48,9 +49,9 @@ def test_adaptive_run_logs_corrupted_parties_and_alphas(tmp_path, tracking_uri):
     assert code == 0
     client = mlflow.MlflowClient(tracking_uri)
     run_id = json.loads(out.read_text())["run_id"]
-    clients = json.loads(open(client.download_artifacts(run_id, "data/clients.json", str(tmp_path))).read())
+    clients = json.loads(Path(client.download_artifacts(run_id, "data/clients.json", str(tmp_path))).read_text())
     assert len(clients["corrupted_clients"]) == 2 and len(clients["corrupted_client_names"]) == 2
-    table = json.load(open(client.download_artifacts(run_id, "alpha_table.json", str(tmp_path))))
+    table = json.loads(Path(client.download_artifacts(run_id, "alpha_table.json", str(tmp_path))).read_text())
     assert table and all(row["corrupted"] == (row["client"] in clients["corrupted_clients"]) for row in table)
     assert "plots/alpha_trajectories.png" in {a.path for a in client.list_artifacts(run_id, "plots")}
 

@@ -84,15 +84,19 @@ def _similarity(results: Sequence[ClientResult], global_params: Params, temperat
     return median_cosine_scores(updates).double()
 
 
+def _reported(results: Sequence[ClientResult], key: str) -> torch.Tensor:
+    """One value the clients sent back (``extras[key]``), as a float64 vector over the round's results."""
+    return torch.tensor([r.extras[key] for r in results], dtype=torch.float64)
+
+
 def _global_loss(results: Sequence[ClientResult], global_params: Params, temperature: float, tolerance: float) -> torch.Tensor:
-    losses = torch.tensor([r.extras["pre_train_loss"] for r in results], dtype=torch.float64)
-    return excess_loss_scores(losses, temperature, tolerance)
+    return excess_loss_scores(_reported(results, "pre_train_loss"), temperature, tolerance)
 
 
 def _quality(results: Sequence[ClientResult], global_params: Params, temperature: float, tolerance: float) -> torch.Tensor:
-    cross_entropy = torch.tensor([r.extras["pre_train_loss"] for r in results], dtype=torch.float64)
-    entropy = torch.tensor([r.extras["pre_train_entropy"] for r in results], dtype=torch.float64)
-    return label_surprise_scores(cross_entropy, entropy, temperature, tolerance)
+    return label_surprise_scores(
+        _reported(results, "pre_train_loss"), _reported(results, "pre_train_entropy"), temperature, tolerance
+    )
 
 
 @dataclass(frozen=True)
