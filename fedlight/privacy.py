@@ -144,7 +144,9 @@ class GhostClippedBackward:
     def _keep_per_sample(self, grad_sampler):
         def sampler(layer, activations, backprops):
             samples = grad_sampler(layer, activations, backprops)
-            self._per_sample.update(samples)
+            for p, per_sample in samples.items():
+                # a layer used twice in one forward pass contributes twice, as in Opacus
+                self._per_sample[p] = self._per_sample[p] + per_sample if p in self._per_sample else per_sample
             return samples
         return sampler
 

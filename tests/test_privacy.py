@@ -199,7 +199,19 @@ class _MixedLayers(torch.nn.Module):
         return self.body(x)
 
 
-@pytest.mark.parametrize("model_name", ["small_cnn", "mixed"])
+class _ReusedConv(torch.nn.Module):
+    """One convolution applied twice in a forward pass (its per-sample gradients accumulate)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+        self.head = torch.nn.Linear(64, 3)
+
+    def forward(self, x):
+        return self.head(self.conv(torch.relu(self.conv(x))).flatten(1))
+
+
+@pytest.mark.parametrize("model_name", ["small_cnn", "mixed", "reused"])
 def test_ghost_clipped_backward_matches_opacus_ghost_clipping(model_name):
     from opacus import PrivacyEngine
     from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
@@ -208,7 +220,7 @@ def test_ghost_clipped_backward_matches_opacus_ghost_clipping(model_name):
     from fedlight.privacy import GhostClippedBackward
 
     torch.manual_seed(0)
-    model = build_model("small_cnn", (1, 8, 8), 3) if model_name == "small_cnn" else _MixedLayers()
+    model = {"small_cnn": lambda: build_model("small_cnn", (1, 8, 8), 3), "mixed": _MixedLayers, "reused": _ReusedConv}[model_name]()
     x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 3, (6,))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     hooks, dp_optimizer, _, _ = PrivacyEngine().make_private(
