@@ -53,9 +53,10 @@ Params = dict[str, torch.Tensor]
 ACCOUNTANTS = ("rdp", "prv")
 # GRAD_SAMPLE_MODES: "ghost" is Opacus' ghost clipping (Li et al., "Large Language Models Can Be
 # Strong Differentially Private Learners", ICLR 2022): per-sample gradient
-# norms from activations and backprops, then a second backward pass on the
-# clipped-weighted loss, so no per-sample gradient of a dense layer is ever
-# materialised. "hooks": Opacus' classic per-sample gradients.
+# norms from activations and backprops, and the clipped gradient sum from the
+# same quantities (book-keeping, see GhostClippedBackward), so no per-sample
+# gradient of a dense layer is ever materialised. "hooks": Opacus' classic
+# per-sample gradients.
 _NOISE_STREAM = 0xD9
 
 # Experiments run with Opacus' fast non-cryptographic RNG (documented above), and
