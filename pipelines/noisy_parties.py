@@ -13,6 +13,7 @@ FedAvg-to-oracle gap that the adaptive aggregator closes.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import sys
 from pathlib import Path
@@ -37,7 +38,8 @@ STRATEGIES = ("fedavg", "adaptive", "oracle")
 
 def adaptive_options(args) -> dict[str, object]:
     """The adaptive aggregator's settings given on the command line (none: its defaults)."""
-    given = {"alpha_rule": args.alpha_rule, "alpha_temperature": args.alpha_temperature, "alpha_tolerance": args.alpha_tolerance}
+    given = {"alpha_rule": args.alpha_rule, "alpha_momentum": args.alpha_momentum,
+             "alpha_temperature": args.alpha_temperature, "alpha_tolerance": args.alpha_tolerance}
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -105,12 +107,17 @@ def summarise(results: dict, args) -> tuple[str, list[dict]]:
     return text, csv_rows
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = pipeline_parser(__doc__, name="noisy_parties")
     parser.add_argument("--alpha-rule", help="adaptive aggregator's rule (default: its default)")
+    parser.add_argument("--alpha-momentum", type=float, help="adaptive aggregator's momentum")
     parser.add_argument("--alpha-temperature", type=float, help="adaptive aggregator's temperature")
     parser.add_argument("--alpha-tolerance", type=float, help="adaptive aggregator's tolerance")
-    args = parse_pipeline_args(parser)
+    return parser
+
+
+def main() -> int:
+    args = parse_pipeline_args(build_parser())
     out = Path(args.out)
     results = run_grid(build_jobs(args), results_path=out / "runs.jsonl", workers=args.workers)
     text, csv_rows = summarise(results, args)
