@@ -36,18 +36,18 @@ MODES = ("clean", "random", "shift")
 STRATEGIES = ("fedavg", "adaptive", "oracle")
 
 
+# the adaptive aggregator's settings this pipeline can vary, with their command-line types
+ADAPTIVE_OPTIONS = {"alpha_rule": str, "alpha_momentum": float, "alpha_temperature": float, "alpha_tolerance": float}
+
+
 def adaptive_options(args) -> dict[str, object]:
     """The adaptive aggregator's settings given on the command line (none: its defaults)."""
-    given = {"alpha_rule": args.alpha_rule, "alpha_momentum": args.alpha_momentum,
-             "alpha_temperature": args.alpha_temperature, "alpha_tolerance": args.alpha_tolerance}
-    return {k: v for k, v in given.items() if v is not None}
+    return {k: getattr(args, k) for k in ADAPTIVE_OPTIONS if getattr(args, k) is not None}
 
 
 def adaptive_settings(args) -> str:
     defaults = StrategyConfig()
-    settings = {"alpha_rule": defaults.alpha_rule, "alpha_momentum": defaults.alpha_momentum,
-                "alpha_temperature": defaults.alpha_temperature, "alpha_tolerance": defaults.alpha_tolerance,
-                **adaptive_options(args)}
+    settings = {**{k: getattr(defaults, k) for k in ADAPTIVE_OPTIONS}, **adaptive_options(args)}
     return ", ".join(f"{k.removeprefix('alpha_')} {v}" for k, v in settings.items())
 
 
@@ -109,10 +109,9 @@ def summarise(results: dict, args) -> tuple[str, list[dict]]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = pipeline_parser(__doc__, name="noisy_parties")
-    parser.add_argument("--alpha-rule", help="adaptive aggregator's rule (default: its default)")
-    parser.add_argument("--alpha-momentum", type=float, help="adaptive aggregator's momentum")
-    parser.add_argument("--alpha-temperature", type=float, help="adaptive aggregator's temperature")
-    parser.add_argument("--alpha-tolerance", type=float, help="adaptive aggregator's tolerance")
+    for option, kind in ADAPTIVE_OPTIONS.items():
+        parser.add_argument(f"--{option.replace('_', '-')}", type=kind,
+                            help=f"the adaptive aggregator's {option.removeprefix('alpha_')} (default: its default)")
     return parser
 
 
