@@ -1,16 +1,12 @@
 """run_grid: parallel workers on a new tracking store, and a failing run that loses nothing."""
 
 import json
-import sys
 
 import mlflow
 import pytest
+from common import Job, run_grid
 
 from fedlight.errors import FedlightError
-from tests.conftest import REPO
-
-sys.path.insert(0, str(REPO / "pipelines"))
-from common import Job, run_grid  # noqa: E402
 
 
 def _job(name, uri, **training):

@@ -1,11 +1,6 @@
 """noisy_parties: adaptive settings given on the command line reach the adaptive runs and their result keys."""
 
-import sys
-
-from tests.conftest import REPO
-
-sys.path.insert(0, str(REPO / "pipelines"))
-import noisy_parties  # noqa: E402
+import noisy_parties
 
 
 def _args(*argv):
