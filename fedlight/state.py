@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,12 @@ class ClientStateStore:
         self._owns_root = root is None
         self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="fedlight-clients-"))
         self.root.mkdir(parents=True, exist_ok=True)
+        # A store that is dropped without close() (a loop built in a notebook
+        # or a test, an exception before the caller's finally) still removes
+        # the folder it created, when collected or at interpreter exit.
+        self._remove_root = (
+            weakref.finalize(self, shutil.rmtree, str(self.root), ignore_errors=True) if self._owns_root else None
+        )
         self._values: dict[int, dict[str, Any]] = {}
         self._tensor_keys: dict[int, set[str]] = {}
 
@@ -119,6 +126,12 @@ class ClientStateStore:
                 self._tensor_keys.setdefault(client_id, set()).add(key)
 
     def close(self) -> None:
-        """Remove the spill folder if this store created it."""
-        if self._owns_root:
-            shutil.rmtree(self.root, ignore_errors=True)
+        """Remove the spill folder if this store created it (also done when the store is collected)."""
+        if self._remove_root is not None:
+            self._remove_root()
+
+    def __enter__(self) -> ClientStateStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,3 +1,8 @@
+import gc
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 from fedlight.state import ClientStateStore
@@ -43,3 +48,29 @@ def test_mutating_a_returned_value_does_not_change_the_store():
     store.get(0, "history").append(3)
     assert store.get(0, "history") == [1, 2]
     store.close()
+
+
+def test_a_store_removes_the_folder_it_created_when_closed_or_dropped(tmp_path):
+    with ClientStateStore() as store:
+        store.put(0, "control", torch.ones(1))
+        closed_root = store.root
+    assert not closed_root.exists()
+
+    dropped = ClientStateStore()
+    dropped.put(0, "control", torch.ones(1))
+    dropped_root = dropped.root
+    del dropped
+    gc.collect()
+    assert not dropped_root.exists()
+
+    given = ClientStateStore(tmp_path / "given")
+    given.put(0, "control", torch.ones(1))
+    given.close()
+    assert (tmp_path / "given" / "0" / "control.pt").is_file()  # a folder the caller chose is theirs
+
+
+def test_a_store_left_open_is_removed_at_interpreter_exit():
+    script = "from fedlight.state import ClientStateStore; import torch\n" \
+             "store = ClientStateStore(); store.put(0, 'c', torch.ones(1)); print(store.root)"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert not Path(done.stdout.strip()).exists()
