@@ -97,6 +97,15 @@ def _check_space_entry(name: str, spec: dict[str, Any]) -> None:
         raise ConfigError(f"search space: {name} needs type float, int or categorical")
 
 
+def distribution(spec: dict[str, Any]) -> optuna.distributions.BaseDistribution:
+    """The Optuna distribution of one (checked) search-space entry."""
+    if spec["type"] == "float":
+        return optuna.distributions.FloatDistribution(spec["low"], spec["high"], log=spec.get("log", False))
+    if spec["type"] == "int":
+        return optuna.distributions.IntDistribution(spec["low"], spec["high"], log=spec.get("log", False))
+    return optuna.distributions.CategoricalDistribution(spec["choices"])
+
+
 def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
     params = {}
     for name, spec in space.items():
@@ -107,6 +116,36 @@ def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, 
         else:
             params[name] = trial.suggest_categorical(name, spec["choices"])
     return params
+
+
+def check_stored_space(study: optuna.Study, space: dict[str, dict[str, Any]]) -> None:
+    """Refuse a search space that the study's earlier trials cannot share.
+
+    Optuna lets a float or int range change between trials, but not a
+    categorical's choices or a parameter's kind; it would fail inside the
+    first new trial. Checked before anything is written for the run.
+    """
+    stored: dict[str, optuna.distributions.BaseDistribution] = {}
+    for trial in study.get_trials(deepcopy=False):
+        for name, dist in trial.distributions.items():
+            stored.setdefault(name, dist)
+    for name, dist in stored.items():
+        if name not in space:
+            continue
+        wanted = distribution(space[name])
+        try:
+            optuna.distributions.check_distribution_compatibility(dist, wanted)
+        except ValueError:
+            raise ConfigError(
+                f"study {study.study_name!r} searched {name} over {_describe(dist)}, the sweep file now asks for "
+                f"{_describe(wanted)}; give the sweep a new study name or keep the old space"
+            ) from None
+
+
+def _describe(dist: optuna.distributions.BaseDistribution) -> str:
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return f"choices {list(dist.choices)}"
+    return f"{type(dist).__name__.removesuffix('Distribution').lower()} [{dist.low}, {dist.high}]"
 
 
 def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
@@ -241,6 +280,7 @@ def run_sweep(
         )
     except ValueError as exc:  # e.g. the stored study has other directions
         raise ConfigError(f"study {sweep.study!r}: {exc}") from None
+    check_stored_space(study, sweep.space)
     optuna.storages.fail_stale_trials(study)
     parent_id = _parent_run(study, client, experiment, sweeps_dir / f".{sweep.study}.lock")
     _fail_orphaned_child_runs(study, client, parent_id)

@@ -116,3 +116,31 @@ def test_multi_objective_prints_the_pareto_front(tmp_path, capsys):
                  "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--n-trials", "2"])
     out = capsys.readouterr().out
     assert code == 0 and "Pareto front (accuracy vs epsilon)" in out and "epsilon=" in out
+
+
+def test_a_changed_categorical_space_is_refused_before_anything_runs(tmp_path, capsys):
+    storage, uri = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
+    old = optuna.distributions.CategoricalDistribution(["uniform", "quality"])
+    study = optuna.create_study(study_name="tiny", storage=storage, direction="maximize")
+    study.add_trial(optuna.trial.create_trial(params={"strategy.alpha_rule": "quality"},
+                                              distributions={"strategy.alpha_rule": old}, value=0.5))
+    space = {"strategy.alpha_rule": {"type": "categorical", "choices": ["uniform", "quality", "label_fit"]}}
+    path = _write(tmp_path, space=space)
+
+    code = main(["sweep", "--config", str(path), "--storage", storage, "--tracking-uri", uri])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "strategy.alpha_rule" in err[0] and "new study name" in err[0]
+    assert len(optuna.load_study(study_name="tiny", storage=storage).trials) == 1
+    assert mlflow.MlflowClient(uri).get_experiment_by_name("tiny-sweep") is None  # no parent run was made
+
+
+def test_a_changed_numeric_range_may_share_the_study(tmp_path):
+    from fedlight.sweep import check_stored_space
+
+    study = optuna.create_study()
+    study.add_trial(optuna.trial.create_trial(
+        params={"training.lr": 0.1}, distributions={"training.lr": optuna.distributions.FloatDistribution(0.01, 0.3)},
+        value=0.5))
+    check_stored_space(study, {"training.lr": {"type": "float", "low": 0.02, "high": 0.5}})
+    with pytest.raises(ConfigError, match="training.lr"):
+        check_stored_space(study, {"training.lr": {"type": "int", "low": 1, "high": 5}})
