@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,10 @@ def _model_info(run_id: str) -> dict[str, Any]:
     """The ``model_info.json`` (classes, input shape, preprocessing) a fedlight run logged."""
     import mlflow
 
-    return json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model_info.json")).read_text())
+    # download_artifacts without dst_path leaves a temporary folder behind
+    with tempfile.TemporaryDirectory(prefix="fedlight-model-info-") as folder:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model_info.json", dst_path=folder)
+        return json.loads(Path(path).read_text())
 
 
 def export_model(spec: str, out_dir: str | Path, *, tracking_uri: str | None = None, check_batch: int = 16) -> dict[str, Any]:

@@ -1,4 +1,5 @@
 import json
+import tempfile
 
 import mlflow
 import numpy as np
@@ -48,10 +49,14 @@ def test_export_round_trip_and_predict(tmp_path, tracking_uri, capsys):
     assert capsys.readouterr().out.split("\t")[1] == str(expected[0])
 
 
-def test_export_by_version_and_cli(tmp_path, tracking_uri, capsys):
+def test_export_by_version_and_cli(tmp_path, tracking_uri, capsys, monkeypatch):
     _train(tracking_uri, name="cli-export")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     assert main(["export", "--model", "cli-export/1", "--out", str(tmp_path / "o"), "--tracking-uri", tracking_uri]) == 0
     assert "predictions match" in capsys.readouterr().out
+    assert list(scratch.iterdir()) == []  # no temporary folder left behind
 
 
 def test_export_and_predict_errors(tmp_path, tracking_uri, capsys):
