@@ -133,14 +133,15 @@ class GlobalLossProbe(Callback):
 
     Sent to the server: ``pre_train_loss`` (mean cross-entropy against the
     party's labels), ``pre_train_entropy`` (mean entropy of the global
-    model's predictive distribution, which needs no labels) and
-    ``pre_train_accuracy``. A label-free quality signal for the server:
+    model's predictive distribution, which needs no labels),
+    ``pre_train_confidence`` (mean probability of the predicted class, no
+    labels either) and ``pre_train_accuracy``. A label-free quality signal for the server:
     parties whose labels disagree with what the federation has learned show
     a loss well above the model's own uncertainty.
     """
 
     def on_train_start(self, trainer: L.Trainer, pl_module: ClientModule) -> None:
-        loss, entropy, correct, count = 0.0, 0.0, 0, 0
+        loss, entropy, confidence, correct, count = 0.0, 0.0, 0.0, 0, 0
         was_training = pl_module.model.training
         pl_module.model.eval()
         with torch.no_grad():
@@ -148,8 +149,13 @@ class GlobalLossProbe(Callback):
                 log_probs = F.log_softmax(pl_module.model(x), dim=1)
                 loss += float(F.nll_loss(log_probs, y, reduction="sum"))
                 entropy += float(-(log_probs.exp() * log_probs).sum())
-                correct += int((log_probs.argmax(dim=1) == y).sum())
+                top_log_prob, top_class = log_probs.max(dim=1)
+                confidence += float(top_log_prob.exp().sum())
+                correct += int((top_class == y).sum())
                 count += len(y)
         pl_module.model.train(was_training)
         count = max(count, 1)
-        pl_module.report.update(pre_train_loss=loss / count, pre_train_entropy=entropy / count, pre_train_accuracy=correct / count)
+        pl_module.report.update(
+            pre_train_loss=loss / count, pre_train_entropy=entropy / count,
+            pre_train_confidence=confidence / count, pre_train_accuracy=correct / count,
+        )

@@ -18,8 +18,11 @@ own predictions on the same inputs, s_i = exp(-max(0, CE_i - H_i - tol) / T).
 It needs no labels at the server and no reference party, and it separates
 mislabelled parties from clean parties with hard handwriting, whose
 predictions are uncertain too (measured on FEMNIST; see
-:func:`~fedlight.strategies.trust.label_surprise_scores`). The updated alpha
-is used in the same round's aggregate.
+:func:`~fedlight.strategies.trust.label_surprise_scores`). ``label_fit``
+also scores how much less often the party's labels match the model's top
+class than the model's confidence expects, and takes the larger of the two
+shortfalls (:func:`~fedlight.strategies.trust.label_fit_scores`). The
+updated alpha is used in the same round's aggregate.
 
 Hyperparameters: ``alpha_rule`` ("quality"), ``alpha_momentum`` m (0.9; a
 party takes part in about 3 of 100 rounds when 10 of 300 are sampled, so the

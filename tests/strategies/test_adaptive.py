@@ -10,6 +10,7 @@ from fedlight.models import build_model
 from fedlight.state import ClientStateStore
 from fedlight.strategies import build_strategy
 from fedlight.strategies.adaptive import AdaptiveTrust
+from fedlight.strategies.trust import ALPHA_RULES
 from tests.strategies.helpers import result
 
 
@@ -74,7 +75,7 @@ def test_uniform_rule_reduces_to_fedavg(tiny_data):
         assert torch.allclose(params["fedavg"][key], params["adaptive"][key], atol=1e-7)
 
 
-@pytest.mark.parametrize("rule", ["loss", "similarity", "global_loss", "quality"])
+@pytest.mark.parametrize("rule", sorted(set(ALPHA_RULES) - {"uniform"}))
 def test_every_rule_trains_and_records_alpha(rule, tiny_data):
     loop = FederatedLoop(
         model=build_model("small_cnn", tiny_data.input_shape, tiny_data.num_classes), data=tiny_data,
@@ -99,7 +100,7 @@ def test_oracle_gives_excluded_parties_zero_weight():
     assert new["w"].item() == 1.0
 
 
-def test_global_loss_probe_reports_loss_entropy_and_accuracy_by_hand():
+def test_global_loss_probe_reports_loss_entropy_confidence_and_accuracy_by_hand():
     class FixedLogits(torch.nn.Module):
         def forward(self, x):
             # two classes with probabilities (0.75, 0.25) for every input
@@ -113,4 +114,9 @@ def test_global_loss_probe_reports_loss_entropy_and_accuracy_by_hand():
     entropy = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
     assert module.report["pre_train_loss"] == pytest.approx((-3 * math.log(0.75) - math.log(0.25)) / 4)
     assert module.report["pre_train_entropy"] == pytest.approx(entropy)
+    assert module.report["pre_train_confidence"] == pytest.approx(0.75)
     assert module.report["pre_train_accuracy"] == pytest.approx(0.75)
+    # the confidence needs no labels: labels that all disagree leave it at 0.75
+    GlobalLossProbe().on_train_start(SimpleNamespace(train_dataloader=[(x, torch.ones(4, dtype=torch.long))]), module)
+    assert module.report["pre_train_confidence"] == pytest.approx(0.75)
+    assert module.report["pre_train_accuracy"] == 0.0

@@ -6,6 +6,7 @@ from fedlight.strategies.trust import (
     ALPHA_RULES,
     ema_alpha,
     excess_loss_scores,
+    label_fit_scores,
     label_surprise_scores,
     median_cosine_scores,
     relative_loss_scores,
@@ -33,6 +34,18 @@ def test_label_surprise_scores_hand_computed():
     assert torch.allclose(scores, torch.tensor([1.0, 1.0, math.exp(-3)], dtype=torch.float64))
 
 
+def test_label_fit_scores_take_the_larger_shortfall():
+    cross_entropy = torch.tensor([2.0, 2.0, 3.0, 2.0], dtype=torch.float64)
+    entropy = torch.tensor([2.5, 1.5, 1.0, 2.5], dtype=torch.float64)  # CE - H = -0.5, 0.5, 2.0, -0.5
+    correct = torch.tensor([9.0, 9.0, 9.0, 0.0], dtype=torch.float64)
+    expected = torch.tensor([4.0, 9.0, 9.0, 2.0], dtype=torch.float64)
+    # log((E + 1) / (A + 1)) = log(0.5), 0, 0, log(3); the larger of the two, less tolerance 0.25:
+    # -0.75 -> 0, 0.25, 1.75, log(3) - 0.25; T = 0.5
+    scores = label_fit_scores(cross_entropy, entropy, correct, expected, temperature=0.5, tolerance=0.25)
+    want = [1.0, math.exp(-0.5), math.exp(-3.5), math.exp(-2 * (math.log(3) - 0.25))]
+    assert torch.allclose(scores, torch.tensor(want, dtype=torch.float64))
+
+
 def test_relative_loss_scores_hand_computed():
     scores = relative_loss_scores(torch.tensor([0.5, 1.5], dtype=torch.float64), temperature=0.5)
     assert torch.allclose(scores, torch.tensor([1.0, math.exp(-2)], dtype=torch.float64))
@@ -52,5 +65,5 @@ def test_ema_and_clip():
 
 
 def test_rules_registered():
-    assert set(ALPHA_RULES) == {"uniform", "loss", "similarity", "global_loss", "quality"}
-    assert ALPHA_RULES["quality"].needs_pre_train_loss and ALPHA_RULES["global_loss"].needs_pre_train_loss
+    assert set(ALPHA_RULES) == {"uniform", "loss", "similarity", "global_loss", "quality", "label_fit"}
+    assert all(ALPHA_RULES[name].needs_pre_train_loss for name in ("global_loss", "quality", "label_fit"))
