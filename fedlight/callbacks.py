@@ -135,9 +135,10 @@ class GlobalLossProbe(Callback):
     party's labels), ``pre_train_entropy`` (mean entropy of the global
     model's predictive distribution, which needs no labels),
     ``pre_train_confidence`` (mean probability of the predicted class, no
-    labels either) and ``pre_train_accuracy``. A label-free quality signal for the server:
-    parties whose labels disagree with what the federation has learned show
-    a loss well above the model's own uncertainty.
+    labels either) and ``pre_train_accuracy``. A label-free quality signal
+    for the server: parties whose labels disagree with what the federation
+    has learned show a loss well above the model's own uncertainty, and
+    match its top class less often than its confidence expects.
     """
 
     def on_train_start(self, trainer: L.Trainer, pl_module: ClientModule) -> None:

@@ -38,14 +38,13 @@ class ClientStateStore:
     """
 
     def __init__(self, root: str | Path | None = None):
-        self._owns_root = root is None
         self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="fedlight-clients-"))
         self.root.mkdir(parents=True, exist_ok=True)
         # A store that is dropped without close() (a loop built in a notebook
         # or a test, an exception before the caller's finally) still removes
         # the folder it created, when collected or at interpreter exit.
         self._remove_root = (
-            weakref.finalize(self, shutil.rmtree, str(self.root), ignore_errors=True) if self._owns_root else None
+            weakref.finalize(self, shutil.rmtree, str(self.root), ignore_errors=True) if root is None else None
         )
         self._values: dict[int, dict[str, Any]] = {}
         self._tensor_keys: dict[int, set[str]] = {}
