@@ -72,7 +72,11 @@ def test_killed_worker_leaves_no_trial_running(tmp_path):
     storage, uri = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
     path = _write(tmp_path, n_trials=3)
     cmd = [sys.executable, "-m", "fedlight.cli", "sweep", "--config", str(path), "--storage", storage, "--tracking-uri", uri]
-    worker = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    # a SIGKILLed worker cannot remove its temporary folders: keep them under tmp_path
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    worker = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path, env=env)
     deadline = time.time() + 120
     running = []
     while time.time() < deadline and not running:
@@ -86,7 +90,7 @@ def test_killed_worker_leaves_no_trial_running(tmp_path):
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait()
     time.sleep(3)  # past the grace period
-    subprocess.run(cmd, check=True, capture_output=True, cwd=tmp_path, timeout=300)
+    subprocess.run(cmd, check=True, capture_output=True, cwd=tmp_path, timeout=300, env=env)
     study = optuna.load_study(study_name="tiny", storage=storage)
     states = [t.state for t in study.trials]
     assert optuna.trial.TrialState.RUNNING not in states
