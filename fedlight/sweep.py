@@ -35,6 +35,7 @@ from typing import Any
 
 import mlflow
 import optuna
+from mlflow.exceptions import MlflowException
 
 from fedlight.config import SECTIONS, build_config, load_yaml
 from fedlight.errors import ConfigError, FedlightError
@@ -282,7 +283,8 @@ def run_sweep(
         raise ConfigError(f"study {sweep.study!r}: {exc}") from None
     check_stored_space(study, sweep.space)
     optuna.storages.fail_stale_trials(study)
-    parent_id = _parent_run(study, client, experiment, sweeps_dir / f".{sweep.study}.lock")
+    lock_path = sweeps_dir / f".{sweep.study}.lock"
+    parent_id = _parent_run(study, client, experiment, lock_path)
     _fail_orphaned_child_runs(study, client, parent_id)
 
     def objective(trial: optuna.Trial):
@@ -314,11 +316,12 @@ def run_sweep(
         status = "KILLED"
         raise
     finally:
-        _finish_parent(study, client, parent_id, sweep, status)
+        _finish_parent(study, client, parent_id, sweep, status, lock_path=lock_path)
     return study
 
 
-def _finish_parent(study: optuna.Study, client: mlflow.MlflowClient, parent_id: str, sweep: SweepConfig, status: str) -> None:
+def _finish_parent(study: optuna.Study, client: mlflow.MlflowClient, parent_id: str, sweep: SweepConfig, status: str,
+                   *, lock_path: Path) -> None:
     """Best params, optimisation history and (single objective) the champion model on the parent run."""
     from fedlight.plots import optimization_figure
 
@@ -339,8 +342,14 @@ def _finish_parent(study: optuna.Study, client: mlflow.MlflowClient, parent_id: 
                 client.set_tag(parent_id, f"best.{name}", str(value))
             client.log_metric(parent_id, "best_accuracy", best.value)
             if sweep.register_as and best.user_attrs.get("model_uri"):
-                register_champion(best.user_attrs["model_uri"], sweep.register_as, client=client,
-                                  source_run_id=best.user_attrs.get("mlflow_run_id"))
+                # every worker and every resume ends here: register the best
+                # model once, not once per finish (the lock covers two workers
+                # finishing together)
+                best_run_id = best.user_attrs.get("mlflow_run_id")
+                with _file_lock(lock_path):
+                    if not _alias_holds_run(client, sweep.register_as, "champion", best_run_id):
+                        register_champion(best.user_attrs["model_uri"], sweep.register_as, client=client,
+                                          source_run_id=best_run_id)
                 client.set_tag(parent_id, "registered_model", sweep.register_as)
         else:
             summary = {"pareto_front": [{"trial": t.number, "values": t.values, "params": t.params} for t in study.best_trials]}
@@ -354,6 +363,15 @@ def register_champion(model_uri: str, name: str, *, client: mlflow.MlflowClient,
     version = mlflow.register_model(model_uri, name, tags={"source_run_id": source_run_id or ""})
     client.set_registered_model_alias(name, alias, version.version)
     return int(version.version)
+
+
+def _alias_holds_run(client: mlflow.MlflowClient, name: str, alias: str, run_id: str | None) -> bool:
+    """Whether ``name@alias`` exists and was registered from run ``run_id``."""
+    try:
+        version = client.get_model_version_by_alias(name, alias)
+    except MlflowException:  # no such model or alias yet
+        return False
+    return run_id is not None and version.tags.get("source_run_id") == run_id
 
 
 def format_results(study: optuna.Study, objectives: list[str]) -> str:

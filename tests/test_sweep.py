@@ -67,6 +67,12 @@ def test_sweep_resumes_into_the_same_study_and_parent_run(tmp_path):
     champion = client.get_model_version_by_alias("tiny-champion", "champion")
     assert champion.run_id == study.best_trial.user_attrs["mlflow_run_id"]
 
+    # finishing again with the same best trial (a second worker, a resume with nothing left) registers nothing new
+    versions = len(client.search_model_versions("name='tiny-champion'"))
+    run_sweep(sweep, storage=storage, tracking_uri=uri, n_trials=3, sweeps_dir=tmp_path)
+    assert len(client.search_model_versions("name='tiny-champion'")) == versions
+    assert client.get_model_version_by_alias("tiny-champion", "champion").version == champion.version
+
 
 def test_killed_worker_leaves_no_trial_running(tmp_path):
     storage, uri = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
