@@ -98,7 +98,7 @@ def _check_space_entry(name: str, spec: dict[str, Any]) -> None:
         raise ConfigError(f"search space: {name} needs type float, int or categorical")
 
 
-def distribution(spec: dict[str, Any]) -> optuna.distributions.BaseDistribution:
+def _distribution(spec: dict[str, Any]) -> optuna.distributions.BaseDistribution:
     """The Optuna distribution of one (checked) search-space entry."""
     if spec["type"] == "float":
         return optuna.distributions.FloatDistribution(spec["low"], spec["high"], log=spec.get("log", False))
@@ -133,7 +133,7 @@ def check_stored_space(study: optuna.Study, space: dict[str, dict[str, Any]]) ->
     for name, dist in stored.items():
         if name not in space:
             continue
-        wanted = distribution(space[name])
+        wanted = _distribution(space[name])
         try:
             optuna.distributions.check_distribution_compatibility(dist, wanted)
         except ValueError:
