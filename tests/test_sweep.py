@@ -83,15 +83,24 @@ def test_killed_worker_leaves_no_trial_running(tmp_path):
     scratch.mkdir()
     env = {**os.environ, "TMPDIR": str(scratch)}
     worker = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path, env=env)
+    # Kill it inside a trial's run: between Optuna creating a trial and its
+    # first heartbeat, a killed trial would never go stale (Optuna skips
+    # trials without a heartbeat), and the run's MLflow child is the case here.
+    client = mlflow.MlflowClient(uri)
     deadline = time.time() + 120
     running = []
     while time.time() < deadline and not running:
         time.sleep(0.5)
         try:
             study = optuna.load_study(study_name="tiny", storage=storage)
-            running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
         except KeyError:
             continue
+        experiment = client.get_experiment_by_name("tiny-sweep")
+        if experiment is None:
+            continue
+        started = {r.data.tags.get("optuna_trial") for r in client.search_runs(
+            [experiment.experiment_id], filter_string="attributes.status = 'RUNNING' and tags.optuna_trial != ''")}
+        running = [t for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)) if str(t.number) in started]
     assert running, "the worker never started a trial"
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait()
@@ -102,7 +111,6 @@ def test_killed_worker_leaves_no_trial_running(tmp_path):
     assert optuna.trial.TrialState.RUNNING not in states
     assert states.count(optuna.trial.TrialState.COMPLETE) == 3
     assert optuna.trial.TrialState.FAIL in states
-    client = mlflow.MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("tiny-sweep").experiment_id])
     assert "RUNNING" not in {r.info.status for r in runs}
 
