@@ -17,6 +17,11 @@ from fedlight.strategies.aggregation import flatten
 from fedlight.strategies.base import ClientResult, Params
 
 
+def _excess_scores(excess: torch.Tensor, temperature: float, tolerance: float) -> torch.Tensor:
+    """exp(-max(0, excess - tolerance) / T): the shape every excess-based rule shares."""
+    return torch.exp(-torch.clamp(excess - tolerance, min=0.0) / temperature)
+
+
 def relative_loss_scores(losses: torch.Tensor, temperature: float) -> torch.Tensor:
     """exp(-(L_i - min_j L_j) / T): the lowest loss scores 1, higher losses decay."""
     return torch.exp(-(losses - losses.min()) / temperature)
@@ -33,7 +38,7 @@ def excess_loss_scores(losses: torch.Tensor, temperature: float, tolerance: floa
     parties with 80% wrong labels measured 2.5-3.3x once the model learned.
     """
     median = losses.median().clamp_min(1e-12)
-    return torch.exp(-torch.clamp(losses / median - 1.0 - tolerance, min=0.0) / temperature)
+    return _excess_scores(losses / median - 1.0, temperature, tolerance)
 
 
 def label_surprise_scores(cross_entropy: torch.Tensor, entropy: torch.Tensor, temperature: float, tolerance: float = 0.0) -> torch.Tensor:
@@ -50,7 +55,7 @@ def label_surprise_scores(cross_entropy: torch.Tensor, entropy: torch.Tensor, te
     labels) to +1.2 (random labels) from round 30 on, and random labels
     showed from the first rounds.
     """
-    return torch.exp(-torch.clamp(cross_entropy - entropy - tolerance, min=0.0) / temperature)
+    return _excess_scores(cross_entropy - entropy, temperature, tolerance)
 
 
 def label_fit_scores(
@@ -73,8 +78,7 @@ def label_fit_scores(
     rounds 21-30 but not the final accuracy (README, noisy-parties results).
     """
     agreement_shortfall = torch.log((expected_correct + 1.0) / (correct + 1.0))
-    excess = torch.maximum(cross_entropy - entropy, agreement_shortfall)
-    return torch.exp(-torch.clamp(excess - tolerance, min=0.0) / temperature)
+    return _excess_scores(torch.maximum(cross_entropy - entropy, agreement_shortfall), temperature, tolerance)
 
 
 def median_cosine_scores(updates: torch.Tensor) -> torch.Tensor:
