@@ -186,7 +186,7 @@ def parse_pipeline_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
 
 
 def run_sections(args: argparse.Namespace, *, data: dict[str, Any], strategy: str, seed: int, run_name: str,
-                 lr: float = 0.1, privacy: dict[str, Any] | None = None,
+                 lr: float = 0.1, momentum: float = 0.0, privacy: dict[str, Any] | None = None,
                  strategy_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """A FEMNIST run config with the pipelines' shared training settings (small CNN, batch 10, 1 local epoch)."""
     data = {"dataset": "femnist", "data_dir": args.data_dir, "partition": "natural", **data}
@@ -195,7 +195,8 @@ def run_sections(args: argparse.Namespace, *, data: dict[str, Any], strategy: st
     sections = {
         "data": data,
         "training": {"model": "small_cnn", "rounds": args.rounds, "clients_per_round": args.clients_per_round,
-                     "local_epochs": 1, "batch_size": 10, "lr": lr, "eval_every": args.eval_every, "seed": seed},
+                     "local_epochs": 1, "batch_size": 10, "lr": lr, "momentum": momentum, "eval_every": args.eval_every,
+                     "seed": seed},
         "strategy": {"name": strategy, **(strategy_options or {})},
         "tracking": {"experiment": args.experiment, "tracking_uri": args.tracking_uri, "registered_model": None,
                      "run_name": run_name},
