@@ -53,6 +53,8 @@ def _run_job(sections: dict[str, dict[str, Any]], threads: int) -> dict[str, Any
 
 def run_grid(jobs: Sequence[Job], *, results_path: Path, workers: int = 1) -> dict[str, dict[str, Any]]:
     """Run the jobs not yet in ``results_path``; return key -> result for all jobs."""
+    for job in jobs:
+        build_config(job.sections)  # every config is valid before anything runs or is written
     results_path.parent.mkdir(parents=True, exist_ok=True)
     done: dict[str, dict[str, Any]] = {}
     if results_path.exists():
@@ -61,8 +63,6 @@ def run_grid(jobs: Sequence[Job], *, results_path: Path, workers: int = 1) -> di
                 row = json.loads(line)
                 done[row["key"]] = row
     todo = [job for job in jobs if job.key not in done]
-    for job in jobs:
-        build_config(job.sections)  # every config is valid before anything runs
     print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already done; running {len(todo)} with {workers} worker(s)", flush=True)
     threads = max(1, (os.cpu_count() or 1) // workers)
 

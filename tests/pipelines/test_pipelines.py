@@ -55,6 +55,18 @@ def test_pipeline_bad_data_dir_is_one_line(tmp_path):
     assert proc.returncode == 2 and "data directory not found" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_pipeline_bad_setting_is_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "pipelines" / "noisy_parties.py"), "--quick", "--data-dir", str(tmp_path),
+         "--momentum", "1.5", "--out", str(out), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "pipeline: error: --momentum must be in [0, 1), got 1.5"
+    assert not out.exists() and not (tmp_path / "mlflow.db").exists()
+
+
 
 
 @requires_femnist
