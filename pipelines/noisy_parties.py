@@ -88,7 +88,7 @@ def late_mean(history: list[dict], rounds: int) -> float | None:
     return sum(evaluated[r] for r in wanted) / rounds
 
 
-def _comparison(acc: dict[tuple[str, str], list[float]], column: str) -> tuple[list[list[str]], list[dict]]:
+def _comparison(acc: dict[tuple[str, str], list[float]], measure: str) -> tuple[list[list[str]], list[dict]]:
     """Table rows (strategy x mode, mean ± std, then the gap rows) and CSV rows for one accuracy measure."""
     acc = dict(acc)
     if ("fedavg", "clean") in acc:
@@ -100,7 +100,7 @@ def _comparison(acc: dict[tuple[str, str], list[float]], column: str) -> tuple[l
         for mode in MODES:
             mean, std = stats[(strategy, mode)]
             cells.append(f"{mean:.4f} ± {std:.4f}")
-            csv_rows.append({"measure": column, "strategy": strategy, "mode": mode, "accuracy_mean": mean,
+            csv_rows.append({"measure": measure, "strategy": strategy, "mode": mode, "accuracy_mean": mean,
                              "accuracy_std": std, "seeds": len(acc[(strategy, mode)])})
         rows.append(cells)
     gap_cells = ["adaptive: share of the FedAvg→oracle gap closed"]
@@ -115,7 +115,7 @@ def _comparison(acc: dict[tuple[str, str], list[float]], column: str) -> tuple[l
 
 def summarise(results: dict, args) -> tuple[str, list[dict]]:
     final: dict[tuple[str, str], list[float]] = {}
-    late: dict[tuple[str, str], list[float]] = {}
+    late: dict[tuple[str, str], list[float | None]] = {}  # None: a run without every late round evaluated
     for row in results.values():
         key = (row["labels"]["strategy"], row["labels"]["mode"])
         final.setdefault(key, []).append(row["final"]["accuracy"])
