@@ -15,6 +15,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback
+from torch.utils.data import DataLoader
 
 from fedlight.client import ClientModule, GradientEdit, LossTerm
 from fedlight.state import ClientStateStore
@@ -139,14 +140,24 @@ class GlobalLossProbe(Callback):
     for the server: parties whose labels disagree with what the federation
     has learned show a loss well above the model's own uncertainty, and
     match its top class less often than its confidence expects.
+
+    The probe reads the whole training set in order, in batches of
+    ``batch_size``, through a loader of its own. Iterating the training
+    loader instead would draw from its shuffling generator (or, under
+    DP-SGD, its Poisson sampler's), so that local training saw other
+    batches than it would without the probe, and under DP it would measure
+    a random subset only.
     """
+
+    def __init__(self, batch_size: int = 256):
+        self.batch_size = batch_size
 
     def on_train_start(self, trainer: L.Trainer, pl_module: ClientModule) -> None:
         loss, entropy, confidence, correct, count = 0.0, 0.0, 0.0, 0, 0
         was_training = pl_module.model.training
         pl_module.model.eval()
         with torch.no_grad():
-            for x, y in trainer.train_dataloader:
+            for x, y in DataLoader(trainer.train_dataloader.dataset, batch_size=self.batch_size, shuffle=False):
                 log_probs = F.log_softmax(pl_module.model(x), dim=1)
                 loss += float(F.nll_loss(log_probs, y, reduction="sum"))
                 entropy += float(-(log_probs.exp() * log_probs).sum())

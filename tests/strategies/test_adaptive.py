@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from fedlight.callbacks import GlobalLossProbe
 from fedlight.errors import ConfigError
@@ -75,6 +76,21 @@ def test_uniform_rule_reduces_to_fedavg(tiny_data):
         assert torch.allclose(params["fedavg"][key], params["adaptive"][key], atol=1e-7)
 
 
+def test_probe_leaves_local_training_unchanged(tiny_data):
+    # every party tolerated: scores are exactly 1, so only the probe tells the runs apart
+    params = {}
+    for name, options in (("fedavg", {}), ("adaptive", {"alpha_rule": "quality", "alpha_tolerance": 1e9})):
+        torch.manual_seed(0)
+        loop = FederatedLoop(
+            model=build_model("small_cnn", tiny_data.input_shape, tiny_data.num_classes), data=tiny_data,
+            strategy=build_strategy(name, options), rounds=2, clients_per_round=2, local_epochs=1, batch_size=4, lr=0.1,
+        )
+        loop.run()
+        params[name] = loop.global_params()
+    for key in params["fedavg"]:
+        assert torch.equal(params["fedavg"][key], params["adaptive"][key])
+
+
 @pytest.mark.parametrize("rule", sorted(set(ALPHA_RULES) - {"uniform"}))
 def test_every_rule_trains_and_records_alpha(rule, tiny_data):
     loop = FederatedLoop(
@@ -108,15 +124,23 @@ def test_global_loss_probe_reports_loss_entropy_confidence_and_accuracy_by_hand(
 
     from types import SimpleNamespace
 
+    def trainer_with(x, y):
+        loader = DataLoader(TensorDataset(x, y), batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(0))
+        return SimpleNamespace(train_dataloader=loader)
+
     module = SimpleNamespace(model=FixedLogits(), report={})
     x, y = torch.zeros(4, 1), torch.tensor([0, 0, 0, 1])
-    GlobalLossProbe().on_train_start(SimpleNamespace(train_dataloader=[(x[:2], y[:2]), (x[2:], y[2:])]), module)
+    trainer = trainer_with(x, y)
+    shuffling_state = trainer.train_dataloader.generator.get_state()
+    GlobalLossProbe(batch_size=3).on_train_start(trainer, module)
     entropy = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
     assert module.report["pre_train_loss"] == pytest.approx((-3 * math.log(0.75) - math.log(0.25)) / 4)
     assert module.report["pre_train_entropy"] == pytest.approx(entropy)
     assert module.report["pre_train_confidence"] == pytest.approx(0.75)
     assert module.report["pre_train_accuracy"] == pytest.approx(0.75)
+    # the probe reads its own loader: local training's shuffling is left where it was
+    assert torch.equal(trainer.train_dataloader.generator.get_state(), shuffling_state)
     # the confidence needs no labels: labels that all disagree leave it at 0.75
-    GlobalLossProbe().on_train_start(SimpleNamespace(train_dataloader=[(x, torch.ones(4, dtype=torch.long))]), module)
+    GlobalLossProbe().on_train_start(trainer_with(x, torch.ones(4, dtype=torch.long)), module)
     assert module.report["pre_train_confidence"] == pytest.approx(0.75)
     assert module.report["pre_train_accuracy"] == 0.0
