@@ -18,14 +18,14 @@ from tests.strategies.helpers import result
 
 
 def _dp_loop(data, *, noise=None, epsilon=None, clip=1.0, rounds=2, strategy="fedavg", lr=0.1, listeners=(), batch=4,
-             grad_sample_mode="ghost"):
+             grad_sample_mode="ghost", strategy_options=None):
     store = ClientStateStore()
     privacy = SampleLevelDP(store=store, clip=clip, delta=1e-5, noise=noise, target_epsilon=epsilon,
                             grad_sample_mode=grad_sample_mode)
     privacy.calibrate(batches_per_epoch=[math.ceil(c.num_train / batch) for c in data.clients], local_epochs=1, rounds=rounds)
     torch.manual_seed(0)
     loop = FederatedLoop(
-        model=build_model("small_cnn", data.input_shape, data.num_classes), data=data, strategy=build_strategy(strategy),
+        model=build_model("small_cnn", data.input_shape, data.num_classes), data=data, strategy=build_strategy(strategy, strategy_options or {}),
         rounds=rounds, clients_per_round=len(data.clients), local_epochs=1, batch_size=batch, lr=lr, store=store,
         privacy=privacy, listeners=listeners,
     )
@@ -119,6 +119,19 @@ def test_sample_level_dp_works_with_every_strategy(name, mode):
     history = loop.run()
     assert history[0]["clients_ok"] == 2 and history[0]["dp_epsilon_max"] > 0
     loop.store.close()
+
+
+def test_quality_probe_leaves_poisson_sampling_unchanged():
+    # every party tolerated: alphas stay 1, so only the probe could tell the runs apart
+    data = make_tiny_federated(num_clients=2, per_client=8)
+    params = {}
+    for name, options in (("fedavg", {}), ("adaptive", {"alpha_rule": "quality", "alpha_tolerance": 1e9})):
+        loop, _ = _dp_loop(data, noise=0.5, rounds=2, strategy=name, strategy_options=options)
+        loop.run()
+        params[name] = loop.global_params()
+        loop.store.close()
+    for key in params["fedavg"]:
+        assert torch.equal(params["fedavg"][key], params["adaptive"][key])
 
 
 def test_unmeetable_epsilon_is_a_config_error():
