@@ -51,7 +51,7 @@ def build_jobs(args) -> list[Job]:
 
 
 def main() -> int:
-    parser = pipeline_parser(__doc__, name="volume", seeds=(0,))
+    parser = pipeline_parser(__doc__, name="volume", seeds=(0, 1, 2))
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
     args = parse_pipeline_args(parser)
     out = Path(args.out)
