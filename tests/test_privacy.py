@@ -25,9 +25,9 @@ def _dp_loop(data, *, noise=None, epsilon=None, clip=1.0, rounds=2, strategy="fe
     privacy.calibrate(batches_per_epoch=[math.ceil(c.num_train / batch) for c in data.clients], local_epochs=1, rounds=rounds)
     torch.manual_seed(0)
     loop = FederatedLoop(
-        model=build_model("small_cnn", data.input_shape, data.num_classes), data=data, strategy=build_strategy(strategy, strategy_options or {}),
-        rounds=rounds, clients_per_round=len(data.clients), local_epochs=1, batch_size=batch, lr=lr, store=store,
-        privacy=privacy, listeners=listeners,
+        model=build_model("small_cnn", data.input_shape, data.num_classes), data=data,
+        strategy=build_strategy(strategy, strategy_options or {}), rounds=rounds, clients_per_round=len(data.clients),
+        local_epochs=1, batch_size=batch, lr=lr, store=store, privacy=privacy, listeners=listeners,
     )
     return loop, privacy
 

@@ -34,9 +34,10 @@ model 0.5 nats more than its predictions do scores e^-1, one at 2 nats e^-4
 FEMNIST with 30% mislabelled parties, T = 0.1 cost 0.85 points on clean
 data and did worse on noisy data; T = 0.25 and 0.5 were equal within noise
 (pipelines/noisy_parties.py with plain local SGD, measured before the
-global-loss probe stopped drawing from the training loader's generator). ``global_loss`` reads the tolerance as the
-loss ratio to the median above 1 that goes unpenalised (it was the default
-with T = 0.25 and tol = 0.5); ``loss`` uses the temperature.
+global-loss probe stopped drawing from the training loader's generator).
+``global_loss`` reads the tolerance as the loss ratio to the median above 1
+that goes unpenalised (it was the default with T = 0.25 and tol = 0.5);
+``loss`` uses the temperature.
 alpha_i is kept per client id in the state store.
 """
 
