@@ -146,7 +146,9 @@ class GlobalLossProbe(Callback):
     loader instead would draw from its shuffling generator (or, under
     DP-SGD, its Poisson sampler's), so that local training saw other
     batches than it would without the probe, and under DP it would measure
-    a random subset only.
+    a random subset only. The probe's loader has a generator of its own,
+    because a loader without one draws its worker seed from torch's global
+    generator, which a model with dropout would then see shifted.
     """
 
     def __init__(self, batch_size: int = 256):
@@ -157,7 +159,10 @@ class GlobalLossProbe(Callback):
         was_training = pl_module.model.training
         pl_module.model.eval()
         with torch.no_grad():
-            for x, y in DataLoader(trainer.train_dataloader.dataset, batch_size=self.batch_size, shuffle=False):
+            probe_loader = DataLoader(
+                trainer.train_dataloader.dataset, batch_size=self.batch_size, shuffle=False, generator=torch.Generator()
+            )
+            for x, y in probe_loader:
                 log_probs = F.log_softmax(pl_module.model(x), dim=1)
                 loss += float(F.nll_loss(log_probs, y, reduction="sum"))
                 entropy += float(-(log_probs.exp() * log_probs).sum())

@@ -126,7 +126,7 @@ def test_global_loss_probe_reports_loss_entropy_confidence_and_accuracy_by_hand(
     module = SimpleNamespace(model=FixedLogits(), report={})
     x, y = torch.zeros(4, 1), torch.tensor([0, 0, 0, 1])
     trainer = trainer_with(x, y)
-    shuffling_state = trainer.train_dataloader.generator.get_state()
+    shuffling_state, global_state = trainer.train_dataloader.generator.get_state(), torch.get_rng_state()
     GlobalLossProbe(batch_size=3).on_train_start(trainer, module)
     entropy = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
     assert module.report["pre_train_loss"] == pytest.approx((-3 * math.log(0.75) - math.log(0.25)) / 4)
@@ -135,6 +135,8 @@ def test_global_loss_probe_reports_loss_entropy_confidence_and_accuracy_by_hand(
     assert module.report["pre_train_accuracy"] == pytest.approx(0.75)
     # the probe reads its own loader: local training's shuffling is left where it was
     assert torch.equal(trainer.train_dataloader.generator.get_state(), shuffling_state)
+    # nor does it draw from the global generator, which dropout in local training uses
+    assert torch.equal(torch.get_rng_state(), global_state)
     # the confidence needs no labels: labels that all disagree leave it at 0.75
     GlobalLossProbe().on_train_start(trainer_with(x, torch.ones(4, dtype=torch.long)), module)
     assert module.report["pre_train_confidence"] == pytest.approx(0.75)
