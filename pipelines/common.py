@@ -2,7 +2,11 @@
 
 Every run is an ordinary MLflow-tracked ``fedlight`` run. Finished runs are
 appended to a JSONL file next to the outputs, so an interrupted pipeline
-picks up where it stopped when run again.
+picks up where it stopped when run again. Each recorded run keeps the
+configuration it ran with, defaults resolved; a run whose configuration has
+changed since (a new default, say) runs again. The record tracks
+configuration, not code: after changing what a run computes, delete the
+file.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from fedlight.config import build_config  # noqa: E402
 from fedlight.errors import FedlightError  # noqa: E402
+from fedlight.strategies import strategy_options  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,21 @@ class Job:
     @property
     def key(self) -> str:
         return json.dumps(dict(self.labels), sort_keys=True)
+
+
+def resolved_config(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What a run's result depends on as configured: the config with defaults filled in.
+
+    Tracking settings are left out, and of the strategy options only those
+    the strategy takes, so that a new adaptive default does not make FedAvg
+    runs look changed.
+    """
+    config = build_config(sections).to_dict()
+    del config["tracking"]
+    strategy = config["strategy"]
+    accepted = strategy_options(strategy["name"])
+    config["strategy"] = {"name": strategy["name"], **{k: v for k, v in strategy.items() if k in accepted}}
+    return json.loads(json.dumps(config, sort_keys=True))
 
 
 def _run_job(sections: dict[str, dict[str, Any]], threads: int) -> dict[str, Any]:
@@ -52,9 +72,9 @@ def _run_job(sections: dict[str, dict[str, Any]], threads: int) -> dict[str, Any
 
 
 def run_grid(jobs: Sequence[Job], *, results_path: Path, workers: int = 1) -> dict[str, dict[str, Any]]:
-    """Run the jobs not yet in ``results_path``; return key -> result for all jobs."""
-    for job in jobs:
-        build_config(job.sections)  # every config is valid before anything runs or is written
+    """Run the jobs not yet in ``results_path`` with their current configuration; return key -> result for all jobs."""
+    # every config is valid before anything runs or is written
+    configs = {job.key: resolved_config(job.sections) for job in jobs}
     results_path.parent.mkdir(parents=True, exist_ok=True)
     done: dict[str, dict[str, Any]] = {}
     if results_path.exists():
@@ -62,12 +82,14 @@ def run_grid(jobs: Sequence[Job], *, results_path: Path, workers: int = 1) -> di
             if line.strip():
                 row = json.loads(line)
                 done[row["key"]] = row
-    todo = [job for job in jobs if job.key not in done]
-    print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already done; running {len(todo)} with {workers} worker(s)", flush=True)
+    changed = {job.key for job in jobs if job.key in done and done[job.key].get("config") != configs[job.key]}
+    todo = [job for job in jobs if job.key not in done or job.key in changed]
+    print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already done; running {len(todo)} with {workers} worker(s)"
+          + (f", {len(changed)} of them recorded with another configuration" if changed else ""), flush=True)
     threads = max(1, (os.cpu_count() or 1) // workers)
 
     def record(job: Job, result: dict[str, Any]) -> None:
-        row = {"key": job.key, "labels": dict(job.labels), **result}
+        row = {"key": job.key, "labels": dict(job.labels), "config": configs[job.key], **result}
         done[job.key] = row
         with results_path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
