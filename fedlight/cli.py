@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from fedlight.config import CLI_FIELDS, LABEL_NOISE_MODES, PARTITIONS, build_config, load_yaml
 from fedlight.errors import FedlightError
+from fedlight.interrupts import Terminated, terminate_as_interrupt
 
 EXIT_USAGE = 2
 
@@ -202,10 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        with terminate_as_interrupt():
+            return args.handler(args)
     except FedlightError as exc:
         print(f"fedlight: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Terminated:
+        print("fedlight: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("fedlight: interrupted", file=sys.stderr)
         return 130

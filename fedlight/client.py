@@ -152,9 +152,21 @@ def make_loader(x: torch.Tensor, y: torch.Tensor, *, batch_size: int, seed: int)
     return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=generator)
 
 
+class _InterruptRecorder(Callback):
+    """Keeps the Ctrl-C (or SIGTERM, :mod:`fedlight.interrupts`) that stopped a fit."""
+
+    def __init__(self):
+        self.interrupt: KeyboardInterrupt | None = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            self.interrupt = exception
+
+
 def fit_client(module: ClientModule, loader: DataLoader, *, epochs: int, callbacks: Sequence[Callback] = ()) -> int:
     """Fit ``module`` on a fresh Trainer (a reused one trains 0 steps); return the optimizer steps taken."""
     _quiet_lightning()
+    interrupts = _InterruptRecorder()
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -165,7 +177,14 @@ def fit_client(module: ClientModule, loader: DataLoader, *, epochs: int, callbac
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, interrupts],
     )
-    trainer.fit(module, train_dataloaders=loader)
+    try:
+        trainer.fit(module, train_dataloaders=loader)
+    except SystemExit:
+        # Lightning answers an interrupt inside fit with sys.exit(1); raise the
+        # interrupt instead, so that the MLflow run ends KILLED, not FAILED.
+        if interrupts.interrupt is not None:
+            raise interrupts.interrupt from None
+        raise
     return int(trainer.global_step)

@@ -2,8 +2,8 @@
 
 The loop logs through :class:`MlflowRun` with plain ``mlflow`` calls
 (Lightning's ``MLFlowLogger`` would use the file store and end the run on
-``finalize``). A run that fails is ended FAILED (KILLED on Ctrl-C), never
-left RUNNING.
+``finalize``). A run that fails is ended FAILED (KILLED on Ctrl-C or
+SIGTERM, see :func:`fedlight.interrupts.terminate_as_interrupt`), never left RUNNING.
 """
 
 from __future__ import annotations

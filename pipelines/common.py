@@ -64,8 +64,10 @@ def _run_job(sections: dict[str, dict[str, Any]], threads: int) -> dict[str, Any
 
     torch.set_num_threads(threads)
     from fedlight.experiment import run_experiment
+    from fedlight.interrupts import terminate_as_interrupt
 
-    summary = run_experiment(build_config(sections), progress=False)
+    with terminate_as_interrupt():  # a killed worker ends its MLflow run KILLED
+        summary = run_experiment(build_config(sections), progress=False)
     return {"run_id": summary["run_id"], "final": summary["final"], "wall_time_s": summary["wall_time_s"],
             "privacy": summary.get("privacy"),
             "history": [{k: v for k, v in row.items() if not k.startswith("alpha/")} for row in summary["history"]]}

@@ -121,3 +121,27 @@ def test_subprocess_bad_input_has_no_traceback(tracking_uri):
     assert proc.stderr.strip() == (
         "fedlight: error: unknown strategy 'nope'; choose from fedavg, fedprox, scaffold, moon, fedadam, adaptive, oracle"
     )
+
+
+def test_sigterm_ends_the_run_killed_with_one_line(tracking_uri):
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedlight.cli", "run", *TINY[:-3], "--rounds", "1000", "--no-progress",
+         "--tracking-uri", tracking_uri, "--experiment", "sigterm"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    client = mlflow.MlflowClient(tracking_uri)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        experiment = client.get_experiment_by_name("sigterm")
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        if runs and client.get_metric_history(runs[0].info.run_id, "test_accuracy"):
+            break  # training has begun
+        time.sleep(0.5)
+    proc.terminate()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    assert stderr.strip().splitlines()[-1] == "fedlight: terminated" and "Traceback" not in stderr
+    [run] = client.search_runs([client.get_experiment_by_name("sigterm").experiment_id])
+    assert run.info.status == "KILLED"
