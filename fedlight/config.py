@@ -70,11 +70,11 @@ class StrategyConfig:
     moon_mu: float = 1.0
     moon_tau: float = 0.5
     alpha_rule: str = "quality"
-    alpha_momentum: float = 0.9
+    alpha_momentum: float = 1.0
     alpha_min: float = 0.0
     alpha_max: float = 1.0
     alpha_temperature: float = 0.5
-    alpha_tolerance: float = 0.0
+    alpha_tolerance: float = 0.1
 
     def options(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
