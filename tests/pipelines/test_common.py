@@ -44,11 +44,12 @@ def test_a_recorded_run_runs_again_only_when_its_resolved_config_changed(tmp_pat
     # tracking settings, and options FedAvg does not take (a new adaptive default), change no result
     assert run_ids(_job("a", f"sqlite:///{tmp_path}/other.db", strategy={"alpha_momentum": 0.5})) == first
     # a changed setting under the same labels is a new run, and the newest record is the one used
-    changed = run_ids(_job("a", uri, lr=0.2))
+    changed_job = _job("a", uri, lr=0.2)
+    changed = run_ids(changed_job)
     assert len(changed) == 2 and changed[0] == first[0]
-    assert run_grid([_job("a", uri, lr=0.2)], results_path=results)[json.dumps({"name": "a"})]["run_id"] == changed[1]
+    assert run_grid([changed_job], results_path=results)[changed_job.key]["run_id"] == changed[1]
     # a record from before configs were kept cannot be trusted, so it runs again
     legacy = json.loads(results.read_text().splitlines()[-1])
     del legacy["config"]
     results.write_text(json.dumps(legacy) + "\n")
-    assert len(run_ids(_job("a", uri, lr=0.2))) == 2
+    assert len(run_ids(changed_job)) == 2
