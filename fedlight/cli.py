@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 from fedlight.config import CLI_FIELDS, LABEL_NOISE_MODES, PARTITIONS, build_config, load_yaml
@@ -203,7 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with terminate_as_interrupt():
+        with terminate_as_interrupt(), warnings.catch_warnings():
+            if not sys.warnoptions:
+                # libraries' warnings (Opacus, MLflow, Lightning) would break the one-line error rule;
+                # `python -W default -m fedlight.cli ...` or PYTHONWARNINGS shows them
+                warnings.simplefilter("ignore")
             return args.handler(args)
     except FedlightError as exc:
         print(f"fedlight: error: {exc}", file=sys.stderr)

@@ -297,7 +297,8 @@ def validate(config: RunConfig) -> None:
     _require(dp.accountant in DP_ACCOUNTANTS, f"unknown --dp-accountant {dp.accountant!r}; choose from {', '.join(DP_ACCOUNTANTS)}")
     _require(dp.grad_sample_mode in DP_GRAD_SAMPLE_MODES,
              f"unknown --dp-grad-sample-mode {dp.grad_sample_mode!r}; choose from {', '.join(DP_GRAD_SAMPLE_MODES)}")
-    _require(dp.noise is None or (dp.noise >= 0 and math.isfinite(dp.noise)), f"--dp-noise must be non-negative, got {dp.noise}")
+    _require(dp.noise is None or (dp.noise > 0 and math.isfinite(dp.noise)),
+             f"--dp-noise must be positive, got {dp.noise} (0 adds no noise: epsilon is infinite; use --dp-mode off for a run without DP)")
     _require(dp.clip > 0 and math.isfinite(dp.clip), f"--dp-clip must be positive, got {dp.clip}")
     _require(0 < dp.delta < 1, f"--dp-delta must be in (0, 1), got {dp.delta}")
     _require(dp.epsilon is None or (dp.epsilon > 0 and math.isfinite(dp.epsilon)), f"--dp-epsilon must be positive, got {dp.epsilon}")

@@ -17,7 +17,7 @@ from typing import Any
 import mlflow
 import torch
 
-from fedlight.config import RunConfig
+from fedlight.config import RunConfig, validate
 from fedlight.data import FederatedData, build_federated_data, load_source
 from fedlight.errors import ConfigError
 from fedlight.loop import FederatedLoop, ProgressReporter, RoundListener
@@ -26,6 +26,7 @@ from fedlight.plots import alpha_figure, alpha_series, convergence_figure
 from fedlight.privacy import ClientLevelDP, SampleLevelDP
 from fedlight.state import ClientStateStore
 from fedlight.strategies import Strategy, build_strategy
+from fedlight.strategies.adaptive import AdaptiveTrust
 from fedlight.tracking import MlflowRun
 
 
@@ -75,6 +76,11 @@ def configure_privacy(
         )
         return privacy
     if dp.mode == "client":
+        if isinstance(strategy, AdaptiveTrust) and strategy.rule.compares_parties:
+            raise ConfigError(
+                f"--alpha-rule {strategy.rule.name} scores each party against the round's others, so one party moves "
+                "the others' weights and client-level DP's noise no longer covers it; use quality, label_fit or uniform"
+            )
         strategy.averager = ClientLevelDP(
             clip=dp.clip, delta=dp.delta, clients_per_round=t.clients_per_round, num_clients=len(data.clients),
             mean_client_size=float(sum(c.num_train for c in data.clients)) / len(data.clients), rounds=t.rounds,
@@ -142,9 +148,20 @@ def _log_alphas(tracker: MlflowRun, history: list[dict[str, float]], data: Feder
     mlflow.log_metrics(summary)
 
 
+def _finite_or_none(value: Any) -> Any:
+    """JSON has no Infinity or NaN: such floats (a round's missing validation loss, say) become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
 def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.write_text(json.dumps(_finite_or_none(payload), indent=2, allow_nan=False))
     tmp.replace(path)
 
 
@@ -160,6 +177,7 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Train one federated run, log it to MLflow and return its summary."""
     started = time.perf_counter()
+    validate(config)  # a RunConfig built in Python has not been through build_config
     t = config.training
     if output_json is not None:
         output_json = Path(output_json)
@@ -241,6 +259,8 @@ def _train_and_log(
             listeners=[tracker, *listeners, *([ProgressReporter(t.rounds)] if progress else [])],
             store=store,
             privacy=privacy,
+            # client-level DP's accountant assumes each party is selected independently (see fedlight.privacy)
+            client_sampling="poisson" if config.privacy.mode == "client" else "fixed",
         )
         history = loop.run()
         final = loop.final_metrics()

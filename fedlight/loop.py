@@ -22,6 +22,8 @@ from fedlight.privacy import SampleLevelDP
 from fedlight.state import ClientStateStore
 from fedlight.strategies import ClientFailure, ClientPlan, ClientResult, Params, Strategy
 
+CLIENT_SAMPLING = ("fixed", "poisson")
+
 
 class RoundListener(Protocol):
     """Anything that wants each round's metrics (MLflow, Optuna pruning, progress)."""
@@ -56,11 +58,14 @@ class ProgressReporter:
 class FederatedLoop:
     """Owns the global model and runs federated rounds.
 
-    Each round samples ``clients_per_round`` clients (seeded by ``seed`` and
-    the round number, so a resumed run samples the same clients), trains each
-    on a fresh Lightning Trainer with the callbacks its strategy plans, and
-    aggregates. The test set is evaluated every ``eval_every`` rounds and
-    after the last round.
+    Each round samples clients (seeded by ``seed`` and the round number, so
+    a resumed run samples the same clients), trains each on a fresh
+    Lightning Trainer with the callbacks its strategy plans, and aggregates.
+    ``client_sampling`` is ``"fixed"`` (exactly ``clients_per_round`` parties
+    without replacement) or ``"poisson"`` (each party independently with
+    probability ``clients_per_round / N``, so a round may have none: the
+    sampling that client-level DP's accountant assumes). The test set is
+    evaluated every ``eval_every`` rounds and after the last round.
     """
 
     def __init__(
@@ -80,7 +85,11 @@ class FederatedLoop:
         store: ClientStateStore | None = None,
         listeners: Sequence[RoundListener] = (),
         privacy: SampleLevelDP | None = None,
+        client_sampling: str = "fixed",
+        local_steps: int | None = None,
     ):
+        if client_sampling not in CLIENT_SAMPLING:
+            raise ConfigError(f"client sampling {client_sampling!r}: choose from {', '.join(CLIENT_SAMPLING)}")
         if clients_per_round > len(data.clients):
             raise ConfigError(
                 f"--clients-per-round {clients_per_round} exceeds the {len(data.clients)} clients"
@@ -99,6 +108,8 @@ class FederatedLoop:
         self.store = store if store is not None else ClientStateStore()
         self.listeners = list(listeners)
         self.privacy = privacy
+        self.client_sampling = client_sampling
+        self.local_steps = local_steps
         self.server_round = 0
         self.history: list[dict[str, float]] = []
         # One reusable local copy: clients train one after another.
@@ -110,7 +121,11 @@ class FederatedLoop:
 
     def sample_clients(self, server_round: int) -> list[int]:
         rng = np.random.default_rng([self.seed, 7919, server_round])
-        chosen = rng.choice(len(self.data.clients), size=self.clients_per_round, replace=False)
+        num_clients = len(self.data.clients)
+        if self.client_sampling == "poisson":
+            chosen = np.flatnonzero(rng.random(num_clients) < self.clients_per_round / num_clients)
+        else:
+            chosen = rng.choice(num_clients, size=self.clients_per_round, replace=False)
         return sorted(int(c) for c in chosen)
 
     def train_client(self, plan: ClientPlan, global_params: Params, server_round: int) -> ClientResult:

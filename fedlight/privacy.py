@@ -9,18 +9,31 @@ epsilon, each party's noise multiplier is calibrated once, before training,
 for the worst case that it takes part in every round.
 
 Client level — McMahan et al., "Learning Differentially Private Recurrent
-Language Models" (ICLR 2018), DP-FedAvg: the server clips each party's
-update to norm ``clip`` (S), weights it by w_i in [0, 1], divides the sum by
-the fixed expected number of parties per round K and adds N(0, (z S / K)^2).
-One party changes the sum by at most S (its weight is capped at 1), so the
-noise is calibrated to that cap whatever the weights are. Weights are
-w_i = min(1, n_i / n_mean) * t_i, where t_i in [0, 1] is the strategy's
-trust factor: 1 for FedAvg-style strategies, alpha_i / alpha_max for the
-adaptive aggregator (alpha is clipped to alpha_max, which is the cap). The
-accountant composes the subsampled Gaussian mechanism over rounds at rate
-K / N. Opacus runs without ``secure_mode`` (a fast, non-cryptographic
-RNG): fine for experiments, not for a deployment. Only the model update is protected: SCAFFOLD's control variates and
-the adaptive aggregator's reported losses are not noised.
+Language Models" (ICLR 2018), DP-FedAvg: each round the loop selects every
+party independently with probability q = K / N (Poisson sampling; K is
+``--clients-per-round``, the expected count), the server clips each
+selected party's update to norm ``clip`` (S), weights it by w_i in [0, 1],
+divides the sum by the fixed expected count K and adds N(0, (z S / K)^2).
+A round that selects no party, or whose parties all fail, releases the
+noise alone (:meth:`ClientLevelDP.keep`). Adding or removing one party
+changes the sum by at most S (its weight is capped at 1), so the noise is
+calibrated to that cap whatever the weights are. Weights are
+w_i = min(1, n_i / n_mean) * t_i, with n_mean the mean party size fixed
+before training (treated as public) and t_i in [0, 1] the strategy's trust
+factor: 1 for FedAvg-style strategies, alpha_i / alpha_max for the adaptive
+aggregator (alpha is clipped to alpha_max, which is the cap). A trust factor
+must depend on the party's own data only: rules that compare a party with
+the round's others (``loss``, ``similarity``, ``global_loss``) would let one
+party move the others' weights, and are refused in client mode. The
+accountant composes the Poisson-subsampled Gaussian mechanism over all
+rounds at rate q, for add/remove-one-party neighbours: its RDP is Mironov,
+Talwar and Zhang, "Renyi Differential Privacy of the Sampled Gaussian
+Mechanism" (arXiv:1908.10530, 2019, Section 3.3), converted to (epsilon,
+delta) by Balle et al. (AISTATS 2020, Theorem 21), as in McMahan et al.'s
+Theorem 1 and Abadi et al.'s moments accountant. Opacus runs without
+``secure_mode`` (a fast, non-cryptographic RNG): fine for experiments, not
+for a deployment. Only the model update is protected: SCAFFOLD's control
+variates and the adaptive aggregator's reported losses are not noised.
 """
 
 from __future__ import annotations
@@ -69,9 +82,12 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing")
 def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
     """The noise multiplier that spends ``target_epsilon`` after ``steps`` steps at ``sample_rate``."""
     try:
-        return float(get_noise_multiplier(
-            target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate, steps=steps, accountant=accountant
-        ))
+        with warnings.catch_warnings():
+            # the search's "optimal order is the largest alpha" warnings precede its ValueError
+            warnings.simplefilter("ignore", UserWarning)
+            return float(get_noise_multiplier(
+                target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate, steps=steps, accountant=accountant
+            ))
     except ValueError:
         raise ConfigError(
             f"--dp-epsilon {target_epsilon} cannot be met with delta {delta} over {steps} steps at sampling rate "
@@ -409,6 +425,7 @@ class ClientLevelDP(PlainAverager):
         self._generator = torch.Generator().manual_seed(seed + 7)
 
     def average(self, results, global_params: Params, trust: torch.Tensor | None = None) -> Params:
+        """(sum_i w_i clip(theta_i - theta) + N(0, (z S)^2)) / K added to theta; with no results, the noise alone."""
         keys = [k for k, v in global_params.items() if torch.is_floating_point(v)]
         total = {k: torch.zeros_like(global_params[k]) for k in keys}
         for i, result in enumerate(results):
@@ -426,6 +443,15 @@ class ClientLevelDP(PlainAverager):
         self._record_round()
         return new
 
+    def keep(self, global_params: Params) -> Params:
+        """A round without usable results still releases the mechanism's output: theta + N(0, (z S / K)^2).
+
+        Keeping theta unchanged would tell an observer that the round selected
+        nobody, an event whose probability depends on how many parties there
+        are, which the accountant does not charge for.
+        """
+        return self.average([], global_params)
+
     def _record_round(self) -> None:
         if self.history and self.history[-1][:2] == (self.noise, self.sample_rate):
             self.history[-1] = (self.noise, self.sample_rate, self.history[-1][2] + 1)
@@ -440,7 +466,8 @@ class ClientLevelDP(PlainAverager):
 
     def summary(self) -> dict[str, Any]:
         return {"mode": "client", "epsilon_max": self.epsilon(), "delta": self.delta, "noise": self.noise,
-                "clip": self.clip, "accountant": self.accountant, "sample_rate": self.sample_rate}
+                "clip": self.clip, "accountant": self.accountant, "sample_rate": self.sample_rate,
+                "client_sampling": "poisson"}
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": list(self.history), "generator": self._generator.get_state()}

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 
 from fedlight.cli import main
@@ -40,6 +41,11 @@ def test_run_digits_end_to_end(tmp_path, tracking_uri):
     assert len(versions) == 1 and versions[0].run_id == run.info.run_id
     model = mlflow.pytorch.load_model("models:/cli-model/1")
     assert type(model).__name__ == "SmallCNN"
+    # logged with fedlight's own requirements (no inference), and servable through pyfunc
+    requirements = Path(mlflow.pyfunc.get_model_dependencies("models:/cli-model/1")).read_text()
+    assert "torch==" in requirements and "fedlight==" in requirements
+    served = mlflow.pyfunc.load_model("models:/cli-model/1").predict(np.zeros((2, 1, 8, 8), dtype=np.float32))
+    assert np.asarray(served).shape == (2, 10)
 
 
 def test_adaptive_run_logs_corrupted_parties_and_alphas(tmp_path, tracking_uri):

@@ -107,7 +107,7 @@ class AdaptiveTrust(Strategy):
     ) -> Params:
         self._round_alphas = {}
         if not results:
-            return global_params
+            return self.keep(global_params)
         scores = self.rule.score(results, global_params, self.temperature, self.tolerance)
         previous = torch.tensor([self.alpha(r.client_id) for r in results], dtype=torch.float64)
         alphas = ema_alpha(previous, scores, self.momentum, self.alpha_min, self.alpha_max)

@@ -69,6 +69,10 @@ class PlainAverager:
             weights = sizes
         return weighted_average_params([r.params for r in results], weights)
 
+    def keep(self, global_params: Params) -> Params:
+        """The next global parameters of a round in which no party's result is usable: unchanged."""
+        return global_params
+
     def round_metrics(self) -> dict[str, float]:
         return {}
 
@@ -92,6 +96,11 @@ class Strategy(ABC):
     def average(self, results: list[ClientResult], global_params: Params, trust: torch.Tensor | None = None) -> Params:
         return self.averager.average(results, global_params, trust)
 
+    def keep(self, global_params: Params) -> Params:
+        """What :meth:`aggregate` returns when no result is usable (the averager's choice, see
+        :meth:`fedlight.privacy.ClientLevelDP.keep`)."""
+        return self.averager.keep(global_params)
+
     def setup(self, *, global_params: Params, store: ClientStateStore, num_clients: int) -> None:
         """Called once by the loop before the first round."""
         self.store = store
@@ -109,7 +118,7 @@ class Strategy(ABC):
         results: list[ClientResult],
         failures: list[ClientFailure],
     ) -> Params:
-        """Return the next global parameters (``global_params`` if nothing usable came back)."""
+        """Return the next global parameters (:meth:`keep` of them if nothing usable came back)."""
 
     def round_metrics(self) -> dict[str, float]:
         """Extra per-round metrics to log (e.g. per-party trust weights)."""

@@ -42,7 +42,7 @@ class FedAdam(Strategy):
         self, server_round: int, global_params: Params, results: list[ClientResult], failures: list[ClientFailure]
     ) -> Params:
         if not results:
-            return global_params
+            return self.keep(global_params)
         averaged = self.average(results, global_params)
         floats = [k for k, v in global_params.items() if torch.is_floating_point(v)]
         if not self.m:

@@ -24,5 +24,5 @@ class FedAvg(Strategy):
         failures: list[ClientFailure],
     ) -> Params:
         if not results:
-            return global_params
+            return self.keep(global_params)
         return self.average(results, global_params)

@@ -78,7 +78,7 @@ class Scaffold(Strategy):
         self, server_round: int, global_params: Params, results: list[ClientResult], failures: list[ClientFailure]
     ) -> Params:
         if not results:
-            return global_params
+            return self.keep(global_params)
         averaged = self.average(results, global_params)
         trainable = {k: global_params[k] for k in self.server_control}
         new_trainable, self.server_control = scaffold_server_update(

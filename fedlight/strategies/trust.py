@@ -138,11 +138,17 @@ def _label_fit(results: Sequence[ClientResult], global_params: Params, temperatu
 
 @dataclass(frozen=True)
 class AlphaRule:
-    """A scoring rule; ``needs_pre_train_loss`` asks clients to run the global-loss probe."""
+    """A scoring rule; ``needs_pre_train_loss`` asks clients to run the global-loss probe.
+
+    ``compares_parties``: a party's score depends on the round's other
+    parties (a median, a minimum), so one party moves the others' weights;
+    client-level DP's sensitivity bound does not hold for such rules.
+    """
 
     name: str
     score: Callable[[Sequence[ClientResult], Params, float, float], torch.Tensor]
     needs_pre_train_loss: bool = False
+    compares_parties: bool = False
     doc: str = ""
 
 
@@ -150,9 +156,9 @@ ALPHA_RULES: dict[str, AlphaRule] = {
     rule.name: rule
     for rule in (
         AlphaRule("uniform", _uniform, doc="s_i = 1 (reduces to FedAvg)"),
-        AlphaRule("loss", _validation_loss, doc="local validation loss after training, relative to the round's lowest"),
-        AlphaRule("similarity", _similarity, doc="cosine of the update with the coordinate-wise median update, floored at 0"),
-        AlphaRule("global_loss", _global_loss, needs_pre_train_loss=True,
+        AlphaRule("loss", _validation_loss, compares_parties=True, doc="local validation loss after training, relative to the round's lowest"),
+        AlphaRule("similarity", _similarity, compares_parties=True, doc="cosine of the update with the coordinate-wise median update, floored at 0"),
+        AlphaRule("global_loss", _global_loss, needs_pre_train_loss=True, compares_parties=True,
                   doc="global model's loss on the party's data before training, relative to the round's median, with a tolerance"),
         AlphaRule("quality", _quality, needs_pre_train_loss=True,
                   doc="label surprise: global model's loss on the party's labels minus its predictive entropy, before training"),
