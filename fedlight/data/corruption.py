@@ -34,6 +34,11 @@ def corrupt_labels(
 
 
 def add_image_noise(images: np.ndarray, std: float, rng: np.random.Generator) -> np.ndarray:
-    """Additive Gaussian pixel noise, clipped back to [0, 1]."""
+    """Additive Gaussian pixel noise, clipped back to [0, 1].
+
+    Tables (``[N, F]`` rows of scaled features) get the noise unclipped.
+    """
     noisy = images + rng.normal(0.0, std, size=images.shape).astype(images.dtype)
+    if images.ndim == 2:
+        return noisy
     return np.clip(noisy, 0.0, 1.0)

@@ -49,11 +49,19 @@ class FederatedData:
     test_x: torch.Tensor
     test_y: torch.Tensor
     class_names: tuple[str, ...]
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]  # (C, H, W) for images, (F,) for tables
     dataset: str
     corrupted_clients: list[int] = field(default_factory=list)
     domain_names: tuple[str, ...] | None = None
     test_domain: torch.Tensor | None = None
+    # For each test row, the client whose own test set it belongs to (-1: none).
+    # Set for the natural partition of a source whose test rows have writers, so
+    # that each party's own test accuracy (and their mean, FLamby's metric) can
+    # be reported.
+    test_client: torch.Tensor | None = None
+    # What the source did to the raw data (scaling, imputation, ...), for logging.
+    preprocessing: dict = field(default_factory=dict)
+    feature_names: tuple[str, ...] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -99,6 +107,7 @@ def build_federated_data(
     """
     rng = _rng(seed, _STREAM_PARTITION)
     test_rows = np.arange(len(source.test_y))
+    test_client = None
     names: list[str]
     if partition == "natural":
         parts = natural_partition(source.train_writer, num_clients, rng)
@@ -112,8 +121,12 @@ def build_federated_data(
             parts, writer_of_part = [parts[i] for i in kept], [writer_of_part[i] for i in kept]
             names = [names[i] for i in kept]
         if source.test_writer is not None:
-            # Evaluate on the pooled test data of the writers taking part.
-            test_rows = np.flatnonzero(np.isin(source.test_writer, writer_of_part))
+            # Evaluate on the pooled test data of the writers taking part, plus
+            # the rows of a pooled test set that belong to no writer (-1).
+            test_writer = np.asarray(source.test_writer)
+            test_rows = np.flatnonzero(np.isin(test_writer, writer_of_part) | (test_writer < 0))
+            client_of_writer = {w: cid for cid, w in enumerate(writer_of_part)}
+            test_client = np.array([client_of_writer.get(int(w), -1) for w in test_writer[test_rows]], dtype=np.int64)
     else:
         if domain is not None:
             raise ConfigError("--domain needs the natural partition")
@@ -167,4 +180,7 @@ def build_federated_data(
         corrupted_clients=sorted(noisy),
         domain_names=source.domain_names,
         test_domain=torch.from_numpy(source.test_domain[test_rows]) if source.test_domain is not None else None,
+        test_client=torch.from_numpy(test_client) if test_client is not None else None,
+        preprocessing=dict(source.preprocessing),
+        feature_names=source.feature_names,
     )

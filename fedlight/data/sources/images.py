@@ -1,6 +1,6 @@
-"""Data sources: where the images come from, before any partitioning.
+"""Image sources: scikit-learn's digits, FEMNIST and the two-source crossdomain mix.
 
-Every source returns a :class:`SourceData` with float images in [0, 1] shaped
+Every source here returns a :class:`SourceData` with float images in [0, 1] shaped
 ``[N, 1, H, W]`` (0 = background, 1 = ink), integer labels, and, where the
 data has them, the writer of each sample (for the ``natural`` partition).
 Nothing here downloads: ``digits`` ships inside scikit-learn and ``femnist``
@@ -10,42 +10,14 @@ reads a directory the user points at.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from fedlight.data.sources import SourceData
 from fedlight.errors import ConfigError, DataError
 
 FEMNIST_CLASSES = tuple("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-
-
-@dataclass
-class SourceData:
-    """A labelled train/test split, optionally grouped by writer."""
-
-    name: str
-    train_x: np.ndarray  # float32 [N, 1, H, W] in [0, 1]
-    train_y: np.ndarray  # int64 [N]
-    test_x: np.ndarray
-    test_y: np.ndarray
-    class_names: tuple[str, ...]
-    train_writer: np.ndarray | None = None  # int [N], index into writer_ids
-    test_writer: np.ndarray | None = None
-    writer_ids: tuple[str, ...] | None = None
-    # Multi-source data: the domain of each writer and of each test sample.
-    domain_names: tuple[str, ...] | None = None
-    writer_domain: np.ndarray | None = None
-    test_domain: np.ndarray | None = None
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
 
 
 def load_digits(data_dir: str | None = None, seed: int = 0, test_fraction: float = 0.2) -> SourceData:
@@ -236,16 +208,3 @@ def load_crossdomain(data_dir: str | None, seed: int = 0, digits_parties: int = 
         writer_domain=np.array([0] * num_femnist + [1] * digits_parties),
         test_domain=np.concatenate([np.zeros(int(keep_test.sum()), dtype=np.int64), np.ones(len(digits.test_y), dtype=np.int64)]),
     )
-
-
-SOURCES: dict[str, Callable[..., SourceData]] = {
-    "digits": load_digits,
-    "femnist": load_femnist,
-    "crossdomain": load_crossdomain,
-}
-
-
-def load_source(name: str, data_dir: str | None = None, seed: int = 0) -> SourceData:
-    if name not in SOURCES:
-        raise ConfigError(f"unknown dataset {name!r}; choose from {', '.join(SOURCES)}")
-    return SOURCES[name](data_dir, seed=seed)
