@@ -5,6 +5,13 @@ Each callback joins one client's local fit through its strategy's
 happen in ``on_before_optimizer_step``; extra loss terms implement
 :class:`~fedlight.client.LossTerm`; what the server needs back goes into
 ``pl_module.report``; what the client keeps goes into the state store.
+
+The callbacks reach the federated model through
+:func:`~fedlight.client.local_model` and the server's report through
+:func:`~fedlight.client.client_report`, so that FedProx, SCAFFOLD and the
+global-loss probe also join the fit of a user's own LightningModule; MOON's
+loss term needs :class:`~fedlight.client.ClientModule`. What each strategy
+supports with which kind of model: :mod:`fedlight.compat`.
 """
 
 from __future__ import annotations
@@ -17,14 +24,33 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback
 from torch.utils.data import DataLoader
 
-from fedlight.client import ClientModule, GradientEdit, LossTerm
+from fedlight.client import ClientModule, GradientEdit, LossTerm, client_report, local_model
+from fedlight.errors import ConfigError
+from fedlight.models import model_name
 from fedlight.state import ClientStateStore
 
 Params = dict[str, torch.Tensor]
 
 
-def _trainable(module: ClientModule) -> dict[str, torch.nn.Parameter]:
-    return {name: p for name, p in module.model.named_parameters() if p.requires_grad}
+def _trainable(module: ClientModule | L.LightningModule) -> dict[str, torch.nn.Parameter]:
+    return {name: p for name, p in local_model(module).named_parameters() if p.requires_grad}
+
+
+def _is_user_lightning_module(pl_module) -> bool:
+    return isinstance(pl_module, L.LightningModule) and not isinstance(pl_module, ClientModule)
+
+
+def constant_sgd_lr(trainer: L.Trainer, pl_module: L.LightningModule) -> float:
+    """The one learning rate of a user LightningModule's single SGD optimizer (SCAFFOLD's option II needs it)."""
+    optimizers = list(trainer.optimizers)
+    name = model_name(pl_module)
+    if len(optimizers) != 1 or not isinstance(optimizers[0], torch.optim.SGD):
+        kinds = ", ".join(type(o).__name__ for o in optimizers) or "none"
+        raise ConfigError(f"strategy scaffold needs one torch.optim.SGD optimizer; {name}.configure_optimizers gave {kinds}")
+    rates = {float(group["lr"]) for group in optimizers[0].param_groups}
+    if len(rates) != 1:
+        raise ConfigError(f"strategy scaffold needs one learning rate for all parameters; {name} uses {sorted(rates)}")
+    return rates.pop()
 
 
 class ProximalTerm(GradientEdit):
@@ -55,6 +81,11 @@ class ScaffoldCorrection(GradientEdit):
     steps actually taken and lr the local learning rate,
     ``c_i+ = c_i - c + (x - y_i) / (K * lr)``; ``c_i+`` is kept in the client's
     store and ``delta_c = c_i+ - c_i`` is reported to the server.
+
+    For a user's own LightningModule, lr is the learning rate of the one
+    ``torch.optim.SGD`` its ``configure_optimizers`` returns; anything else,
+    or a rate that changes during the fit, is a ConfigError (option II
+    divides by the rate of the steps actually taken).
     """
 
     def __init__(self, *, client_id: int, store: ClientStateStore, server_control: Params, client_control: Params):
@@ -69,6 +100,21 @@ class ScaffoldCorrection(GradientEdit):
         params = _trainable(pl_module)
         self._start = {n: p.detach().clone() for n, p in params.items()}
         self._correction = {n: self.server_control[n] - self.client_control[n] for n in params}
+        # a user's LightningModule: lr from its own optimizer, which must be SGD with a constant rate
+        self._lr = constant_sgd_lr(trainer, pl_module) if _is_user_lightning_module(pl_module) else None
+
+    def _check_constant_lr(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        lr = constant_sgd_lr(trainer, pl_module)
+        if lr != self._lr:
+            raise ConfigError(
+                f"strategy scaffold needs a constant learning rate; {model_name(pl_module)}'s moved from "
+                f"{self._lr} to {lr} during the fit (a scheduler?)"
+            )
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer) -> None:
+        if _is_user_lightning_module(pl_module):
+            self._check_constant_lr(trainer, pl_module)
+        super().on_before_optimizer_step(trainer, pl_module, optimizer)
 
     def edit_gradients(self, module: ClientModule) -> None:
         for name, p in _trainable(module).items():
@@ -79,13 +125,18 @@ class ScaffoldCorrection(GradientEdit):
         steps = int(trainer.global_step)
         if steps == 0:
             raise RuntimeError("SCAFFOLD client took no optimizer step")
-        scale = 1.0 / (steps * pl_module.lr)
+        if _is_user_lightning_module(pl_module):
+            self._check_constant_lr(trainer, pl_module)
+            lr = self._lr
+        else:
+            lr = pl_module.lr
+        scale = 1.0 / (steps * lr)
         new_control = {}
         for name, p in _trainable(pl_module).items():
             new_control[name] = (
                 self.client_control[name] - self.server_control[name] + (self._start[name] - p.detach()) * scale
             )
-        pl_module.report["control_delta"] = {n: new_control[n] - self.client_control[n] for n in new_control}
+        client_report(trainer, pl_module)["control_delta"] = {n: new_control[n] - self.client_control[n] for n in new_control}
         self.store.put(self.client_id, "scaffold_control", new_control)
 
 
@@ -98,6 +149,8 @@ class MoonContrastive(LossTerm):
     new local model is kept in the store as the next round's previous model.
     """
 
+    needs_embedding = True
+
     def __init__(self, *, client_id: int, store: ClientStateStore, mu: float, tau: float):
         self.client_id = client_id
         self.store = store
@@ -107,6 +160,8 @@ class MoonContrastive(LossTerm):
         self._previous = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: ClientModule) -> None:
+        if _is_user_lightning_module(pl_module):
+            raise ConfigError(f"strategy moon needs fedlight's training step; {model_name(pl_module)} is a LightningModule with its own")
         self._global = copy.deepcopy(pl_module.model).eval().requires_grad_(False)
         self._previous = copy.deepcopy(self._global)
         previous = self.store.get(self.client_id, "moon_previous")
@@ -141,8 +196,10 @@ class GlobalLossProbe(Callback):
     has learned show a loss well above the model's own uncertainty, and
     match its top class less often than its confidence expects.
 
-    The probe reads the whole training set in order, in batches of
-    ``batch_size``, through a loader of its own. Iterating the training
+    It needs only the logits of ``model(x)``, so it works for a user's
+    LightningModule too (its ``forward``). The probe reads the whole
+    training set in order, in batches of ``batch_size``, through a loader
+    of its own. Iterating the training
     loader instead would draw from its shuffling generator (or, under
     DP-SGD, its Poisson sampler's), so that local training saw other
     batches than it would without the probe, and under DP it would measure
@@ -156,23 +213,24 @@ class GlobalLossProbe(Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: ClientModule) -> None:
         loss, entropy, confidence, correct, count = 0.0, 0.0, 0.0, 0, 0
-        was_training = pl_module.model.training
-        pl_module.model.eval()
+        model = local_model(pl_module)
+        was_training = model.training
+        model.eval()
         with torch.no_grad():
             probe_loader = DataLoader(
                 trainer.train_dataloader.dataset, batch_size=self.batch_size, shuffle=False, generator=torch.Generator()
             )
             for x, y in probe_loader:
-                log_probs = F.log_softmax(pl_module.model(x), dim=1)
+                log_probs = F.log_softmax(model(x), dim=1)
                 loss += float(F.nll_loss(log_probs, y, reduction="sum"))
                 entropy += float(-(log_probs.exp() * log_probs).sum())
                 top_log_prob, top_class = log_probs.max(dim=1)
                 confidence += float(top_log_prob.exp().sum())
                 correct += int((top_class == y).sum())
                 count += len(y)
-        pl_module.model.train(was_training)
+        model.train(was_training)
         count = max(count, 1)
-        pl_module.report.update(
+        client_report(trainer, pl_module).update(
             pre_train_loss=loss / count, pre_train_entropy=entropy / count,
             pre_train_confidence=confidence / count, pre_train_accuracy=correct / count,
         )

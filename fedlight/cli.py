@@ -2,17 +2,26 @@
 
 User errors (bad flags, config, data) print one line ``fedlight: error: ...``
 to stderr and exit with status 2, without a traceback.
+
+This module imports nothing heavy: every check that needs no data, torch or
+MLflow (ranges, built-in names, paths, argument forms) runs before a command
+imports its implementation (:mod:`fedlight.experiment`, :mod:`fedlight.sweep`,
+:mod:`fedlight.export`), so bad input is refused, and ``--help`` answers, at
+once. ``tests/test_cli_startup.py`` checks that torch, Lightning, MLflow and
+Opacus stay unimported.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
-from fedlight.config import CLI_FIELDS, LABEL_NOISE_MODES, PARTITIONS, build_config, load_yaml
-from fedlight.errors import FedlightError
+from fedlight.config import CLI_FIELDS, LABEL_NOISE_MODES, PARTITIONS, build_config, load_yaml, precheck
+from fedlight.errors import ConfigError, DataError, FedlightError
 from fedlight.interrupts import Terminated, terminate_as_interrupt
 
 EXIT_USAGE = 2
@@ -25,9 +34,11 @@ class _Parser(argparse.ArgumentParser):
 
 # flag -> (type, help)
 _FLAG_TYPES: dict[str, tuple[type, str]] = {
-    "dataset": (str, "data source: digits (embedded), femnist or crossdomain (FEMNIST digits + digits)"),
-    "data_dir": (str, "directory with the dataset's files"),
-    "partition": (str, f"one of {', '.join(PARTITIONS)}"),
+    "dataset": (str, "data source: digits (embedded), femnist, crossdomain (FEMNIST digits + digits), "
+                     "heart_disease (four hospitals), table (CSV/Parquet), folder (ImageFolder per party) "
+                     "or python (--data-factory)"),
+    "data_dir": (str, "the dataset's directory, or the table's file"),
+    "partition": (str, f"one of {', '.join(PARTITIONS)} (default: natural where the data has parties, else dirichlet)"),
     "num_clients": (int, "number of clients (natural: a seeded subset of writers)"),
     "dirichlet_beta": (float, "Dirichlet concentration for label skew"),
     "shards_per_client": (int, "classes per client for the shards partition"),
@@ -38,10 +49,20 @@ _FLAG_TYPES: dict[str, tuple[type, str]] = {
     "label_noise_mode": (str, f"one of {', '.join(LABEL_NOISE_MODES)}"),
     "image_noise_std": (float, "std of Gaussian pixel noise on noisy clients"),
     "domain": (str, "crossdomain dataset: keep only this domain's parties (femnist or digits)"),
-    "model": (str, "model architecture"),
+    "party_column": (str, "table: the column naming each row's party"),
+    "label_column": (str, "table: the label column"),
+    "split_column": (str, "table: a column of train/test (default: a seeded stratified split per party)"),
+    "feature_columns": (str, "table: comma-separated input columns (default: every other column)"),
+    "categorical_columns": (str, "table: comma-separated columns to one-hot encode (default: the non-numeric ones)"),
+    "scaling": (str, "table: party (each party its own statistics), federated (a federated mean and variance) or none"),
+    "test_fraction": (float, "table, folder, python: share of each party's rows held out when the data has no split"),
+    "data_factory": (str, "python dataset: module:function returning the parties' train/test datasets"),
+    "heart_disease_mode": (str, "heart_disease: flamby (FLamby's preprocessing) or impute (every row, missing imputed)"),
+    "model": (str, "small_cnn, leaf_cnn, logreg, mlp, or an import path module:Class (nn.Module or LightningModule)"),
     "rounds": (int, "federated rounds"),
     "clients_per_round": (int, "clients sampled each round"),
     "local_epochs": (int, "local epochs per round"),
+    "local_steps": (int, "local optimizer steps per round (instead of --local-epochs)"),
     "batch_size": (int, "local batch size"),
     "lr": (float, "local learning rate"),
     "momentum": (float, "local SGD momentum"),
@@ -86,12 +107,21 @@ def _add_run_parser(subparsers) -> None:
     parser.set_defaults(handler=_cmd_run)
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from fedlight.experiment import run_experiment  # heavy imports only when running
+def _check_output_json(output_json: str | None) -> None:
+    if output_json is not None and not Path(output_json).parent.is_dir():
+        raise ConfigError(f"--output-json: directory {Path(output_json).parent} does not exist")
 
+
+def _cmd_run(args: argparse.Namespace) -> int:
     yaml_values = load_yaml(args.config) if args.config else {}
     overrides = {name: getattr(args, name) for name in CLI_FIELDS}
     config = build_config(yaml_values, overrides)
+    # the checks run_experiment would make before loading data, without its imports
+    _check_output_json(args.output_json)
+    precheck(config)
+
+    from fedlight.experiment import run_experiment  # torch, Lightning, MLflow, Opacus: only for a run
+
     summary = run_experiment(
         config, config_path=args.config, output_json=args.output_json, progress=not args.no_progress
     )
@@ -114,11 +144,13 @@ def _add_sweep_parser(subparsers) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    if args.n_trials is not None and args.n_trials <= 0:
+        raise ConfigError(f"--n-trials must be positive, got {args.n_trials}")
+    load_yaml(args.config)  # a missing or malformed file, before Optuna and MLflow are imported
+
     from fedlight.sweep import format_results, load_sweep, run_sweep
 
     sweep = load_sweep(args.config)
-    if args.n_trials is not None and args.n_trials <= 0:
-        raise FedlightError(f"--n-trials must be positive, got {args.n_trials}")
     study = run_sweep(sweep, storage=args.storage, tracking_uri=args.tracking_uri, n_trials=args.n_trials)
     print(format_results(study, sweep.objectives))
     return 0
@@ -133,7 +165,16 @@ def _add_register_parser(subparsers) -> None:
     parser.set_defaults(handler=_cmd_register)
 
 
+def _require_text(value: str, flag: str) -> None:
+    if not value.strip():
+        raise ConfigError(f"{flag} must not be empty")
+
+
 def _cmd_register(args: argparse.Namespace) -> int:
+    _require_text(args.run_id, "--run-id")
+    _require_text(args.name, "--name")
+    _require_text(args.alias, "--alias")
+
     import mlflow
 
     from fedlight.sweep import register_champion
@@ -161,7 +202,18 @@ def _add_export_parser(subparsers) -> None:
     parser.set_defaults(handler=_cmd_export)
 
 
+# fedlight.export._registry_uri's form of a registry model, and the files of an exported folder
+# (fedlight.export.MODEL_FILE, INFO_FILE); tests/test_cli_startup.py checks that they agree.
+_REGISTRY_SPEC = re.compile(r"([^@/]+)(?:@([\w-]+)|/(\d+))?")
+_EXPORT_FILES = ("model.pt", "model.json")
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
+    if not _REGISTRY_SPEC.fullmatch(args.model):
+        raise ConfigError(f"--model must be NAME, NAME@ALIAS or NAME/VERSION, got {args.model!r}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} exists and is not a folder")
+
     from fedlight.export import export_model
 
     info = export_model(args.model, args.out, tracking_uri=args.tracking_uri)
@@ -180,7 +232,22 @@ def _add_predict_parser(subparsers) -> None:
     parser.set_defaults(handler=_cmd_predict)
 
 
+def _check_predict_args(model: str, inputs: Sequence[str]) -> None:
+    """fedlight.export's checks of the model's form and the inputs' presence, in its order."""
+    folder = Path(model)
+    if folder.is_dir():
+        if not all((folder / name).is_file() for name in _EXPORT_FILES):
+            raise DataError(f"{folder} is not an exported model folder (needs {' and '.join(_EXPORT_FILES)})")
+    elif "://" not in model and ":/" not in model:
+        raise DataError(f"--model {model!r} is neither an exported folder nor a model URI (models:/NAME@ALIAS)")
+    for item in inputs:
+        if not Path(item).is_file():
+            raise DataError(f"input not found: {Path(item)}")
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
+    _check_predict_args(args.model, args.inputs)
+
     from fedlight.export import load_for_prediction, load_inputs, predict
 
     model, info = load_for_prediction(args.model, tracking_uri=args.tracking_uri)

@@ -3,7 +3,14 @@
 Algorithm-specific client logic is never a copied training loop: it is a
 Lightning callback in the round's :class:`~fedlight.strategies.ClientPlan`.
 A callback that adds a term to the local objective implements
-:class:`LossTerm`; one that edits gradients uses ``on_before_optimizer_step``.
+:class:`LossTerm`; one that edits gradients implements :class:`GradientEdit`.
+
+Two kinds of model are fitted here (:func:`fedlight.models.model_kind`): a
+plain ``nn.Module`` is wrapped in :class:`ClientModule` (cross-entropy, the
+loop's SGD, the callbacks' loss terms); a user's own ``LightningModule`` is
+fitted as it is, with :class:`TrainLossRecorder` reading its loss. Callbacks
+reach the federated model and the report for the server through
+:func:`local_model` and :func:`client_report`, which work for both.
 """
 
 from __future__ import annotations
@@ -20,6 +27,9 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+from fedlight.errors import ConfigError
+from fedlight.models import has_embed_head, model_name
 
 _LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric")
 
@@ -43,7 +53,15 @@ class LossTerm(Callback):
     The term is per sample (shape ``[batch]``), like the cross-entropy it is
     added to before the batch mean: DP-SGD's ghost clipping needs each
     sample's loss to bound each sample's gradient.
+
+    ``needs_embedding``: the term reads ``embedding`` (the model's
+    ``embed(x)``), so the module computes the logits as ``head(embed(x))``
+    and refuses a model without ``embed``/``head``. A term that only needs
+    the logits sets it to False. Loss terms need :class:`ClientModule`: a
+    user's own LightningModule has its own objective.
     """
+
+    needs_embedding: bool = True
 
     def loss_term(
         self, module: ClientModule, x: torch.Tensor, y: torch.Tensor, embedding: torch.Tensor, logits: torch.Tensor
@@ -59,10 +77,21 @@ class GradientEdit(Callback):
     clipped and noised the gradients, so the edit (a function of the weights
     only, such as FedProx's proximal gradient) is post-processing and costs
     no privacy.
+
+    A user's own LightningModule (not a :class:`ClientModule`) gets the edit
+    from this callback's ``on_before_optimizer_step``, which Lightning calls
+    after the backward pass and before the step (and before gradient
+    clipping), in automatic and manual optimization alike. The edit then
+    reaches all of that module's parameters (:func:`local_model`).
     """
 
-    def edit_gradients(self, module: ClientModule) -> None:
+    def edit_gradients(self, module: ClientModule | L.LightningModule) -> None:
         raise NotImplementedError
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer) -> None:
+        # a ClientModule calls edit_gradients itself (after the noise, under DP-SGD)
+        if not isinstance(pl_module, ClientModule):
+            self.edit_gradients(pl_module)
 
 
 class ClientModule(L.LightningModule):
@@ -83,6 +112,7 @@ class ClientModule(L.LightningModule):
         self._loss_count = 0
         self._loss_terms: list[LossTerm] = []
         self._gradient_edits: list[GradientEdit] = []
+        self._needs_embedding = False
         # Set by DP-SGD: gradient edits then run after noising, from Opacus' step hook.
         self.edit_gradients_after_noise = False
         # Set by DP-SGD with ghost clipping: replaces loss.backward() with a
@@ -97,6 +127,10 @@ class ClientModule(L.LightningModule):
     def on_fit_start(self) -> None:
         self._loss_terms = [cb for cb in self.trainer.callbacks if isinstance(cb, LossTerm)]
         self._gradient_edits = [cb for cb in self.trainer.callbacks if isinstance(cb, GradientEdit)]
+        self._needs_embedding = any(term.needs_embedding for term in self._loss_terms)
+        if self._needs_embedding and not has_embed_head(self.model):
+            names = ", ".join(type(t).__name__ for t in self._loss_terms if t.needs_embedding)
+            raise ConfigError(f"{names} needs a model with embed(x) and head(z); {model_name(self.model)} lacks them")
 
     def apply_gradient_edits(self) -> None:
         for edit in self._gradient_edits:
@@ -111,8 +145,12 @@ class ClientModule(L.LightningModule):
         if self.per_sample_backward is not None:
             # ghost clipping's first backward pass only needs to reach the inputs
             x = x.requires_grad_(True)
-        embedding = self.model.embed(x)
-        logits = self.model.head(embedding)
+        if self._needs_embedding:
+            embedding = self.model.embed(x)
+            logits = self.model.head(embedding)
+        else:
+            # the built-ins' forward is head(embed(x)): the same computation
+            embedding, logits = None, self.model(x)
         if len(y) == 0:
             # Poisson sampling (DP-SGD) can draw an empty batch; the step must
             # still happen (noise only), so return a zero loss with a graph.
@@ -147,6 +185,62 @@ class ClientModule(L.LightningModule):
         return torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=self.momentum)
 
 
+def local_model(pl_module: Any) -> nn.Module:
+    """The model whose parameters are federated: ``ClientModule.model``, or a user's LightningModule itself."""
+    if isinstance(pl_module, L.LightningModule) and not isinstance(pl_module, ClientModule):
+        return pl_module
+    return pl_module.model
+
+
+def client_report(trainer: Any, pl_module: Any) -> dict[str, Any]:
+    """The dict a callback fills for the server (:attr:`ClientResult.extras`).
+
+    ``ClientModule.report``, or for a user's LightningModule the report of
+    the fit's :class:`TrainLossRecorder` (fedlight sets no attribute on a
+    user's module).
+    """
+    if isinstance(pl_module, L.LightningModule) and not isinstance(pl_module, ClientModule):
+        for callback in trainer.callbacks:
+            if isinstance(callback, TrainLossRecorder):
+                return callback.report
+        raise RuntimeError("a LightningModule's fit needs a TrainLossRecorder among its callbacks")
+    return pl_module.report
+
+
+def _batch_size(batch: Any) -> int | None:
+    first = batch[0] if isinstance(batch, (list, tuple)) and batch else batch
+    return len(first) if isinstance(first, torch.Tensor) and first.dim() > 0 else None
+
+
+class TrainLossRecorder(Callback):
+    """The mean training loss of a user's LightningModule over a fit, and its report for the server.
+
+    The loss is what ``training_step`` returned (a tensor, or a dict with
+    ``"loss"``), weighted by the batch's size when the batch is a tensor or
+    a sequence starting with one, as :class:`ClientModule` averages over
+    samples.
+    """
+
+    def __init__(self):
+        self.report: dict[str, Any] = {}
+        self._loss_sum = 0.0
+        self._loss_count = 0.0
+        self.batches = 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            return
+        weight = _batch_size(batch) or 1
+        self._loss_sum += float(loss.detach()) * weight
+        self._loss_count += weight
+        self.batches += 1
+
+    @property
+    def mean_train_loss(self) -> float:
+        return self._loss_sum / self._loss_count if self._loss_count else math.nan
+
+
 def make_loader(x: torch.Tensor, y: torch.Tensor, *, batch_size: int, seed: int) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=generator)
@@ -163,14 +257,30 @@ class _InterruptRecorder(Callback):
             self.interrupt = exception
 
 
-def fit_client(module: ClientModule, loader: DataLoader, *, epochs: int, callbacks: Sequence[Callback] = ()) -> int:
-    """Fit ``module`` on a fresh Trainer (a reused one trains 0 steps); return the optimizer steps taken."""
+def fit_client(
+    module: L.LightningModule,
+    loader: DataLoader,
+    *,
+    epochs: int,
+    callbacks: Sequence[Callback] = (),
+    max_steps: int | None = None,
+) -> int:
+    """Fit ``module`` on a fresh Trainer (a reused one trains 0 steps); return the optimizer steps taken.
+
+    ``module`` is a :class:`ClientModule` or a user's own LightningModule.
+    With ``max_steps`` the fit takes that many optimizer steps, cycling over
+    ``loader`` as often as needed (each pass reshuffles), and ``epochs`` is
+    ignored; FLamby's protocol, for one, is 100 local steps of batch 4 a round.
+    """
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
+        raise ConfigError(f"local steps must be a positive integer, got {max_steps!r}")
     _quiet_lightning()
     interrupts = _InterruptRecorder()
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
-        max_epochs=epochs,
+        max_epochs=epochs if max_steps is None else -1,
+        max_steps=-1 if max_steps is None else max_steps,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,

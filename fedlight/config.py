@@ -24,14 +24,42 @@ import yaml
 from fedlight.errors import ConfigError
 
 PARTITIONS = ("natural", "iid", "dirichlet", "shards")
+
+# The built-in names of the heavy registries, in their order (error messages list them so). The
+# registries live in modules that import torch; these copies let the CLI refuse a misspelt name
+# before importing them. tests/test_config.py checks that each equals its registry.
+# Strategies: fedlight.strategies.BUILTIN_STRATEGIES (user-registered ones exist only in Python).
+STRATEGY_NAMES = ("fedavg", "fedprox", "scaffold", "moon", "fedadam", "adaptive", "oracle")
+# The built-in strategies that take an alpha rule (fedlight.strategies.strategy_options).
+ALPHA_RULE_STRATEGIES = ("adaptive",)
+# fedlight.strategies.trust.ALPHA_RULES, and those of its rules with compares_parties=True.
+ALPHA_RULE_NAMES = ("uniform", "loss", "similarity", "global_loss", "quality", "label_fit")
+PARTY_COMPARING_ALPHA_RULES = ("loss", "similarity", "global_loss")
+# fedlight.data.sources.SOURCES.
+DATASET_NAMES = ("digits", "femnist", "crossdomain", "table", "heart_disease", "folder", "python")
+# fedlight.models.MODELS; any other model is an import path (module:Class or module.Class).
+MODEL_NAMES = ("leaf_cnn", "small_cnn", "logreg", "mlp")
+
 LABEL_NOISE_MODES = ("random", "shift")
+# Datasets whose parties come with the data (writers, hospitals, folders): their default partition is natural.
+PARTY_DATASETS = ("femnist", "crossdomain", "table", "heart_disease", "folder", "python")
+SCALING_MODES = ("party", "federated", "none")
+HEART_DISEASE_MODES = ("flamby", "impute")
 
 
 @dataclass
 class DataConfig:
+    """Where the data comes from and how it is split into parties.
+
+    ``partition`` None means natural for datasets with parties of their own
+    (:data:`PARTY_DATASETS`) and dirichlet otherwise. The table options
+    (``party_column`` ... ``test_fraction``) are described in
+    :class:`fedlight.data.sources.SourceOptions`.
+    """
+
     dataset: str = "digits"
     data_dir: str | None = None
-    partition: str = "dirichlet"
+    partition: str | None = None
     num_clients: int | None = None
     dirichlet_beta: float = 0.5
     shards_per_client: int = 2
@@ -42,14 +70,28 @@ class DataConfig:
     label_noise_mode: str = "random"
     image_noise_std: float = 0.0
     domain: str | None = None
+    party_column: str | None = None
+    label_column: str | None = None
+    split_column: str | None = None
+    feature_columns: list[str] | None = None
+    categorical_columns: list[str] | None = None
+    scaling: str = "party"
+    test_fraction: float = 0.34
+    data_factory: str | None = None
+    heart_disease_mode: str = "flamby"
 
 
 @dataclass
 class TrainingConfig:
-    model: str = "small_cnn"
+    """Local and federated training. ``model`` is a built-in name, an import path
+    (``mypkg.nets:Net``) or ``{class_path: ..., init_args: {...}}``; ``local_steps``,
+    when set, replaces ``local_epochs`` by that many optimizer steps per round."""
+
+    model: str | dict[str, Any] = "small_cnn"
     rounds: int = 30
     clients_per_round: int = 5
     local_epochs: int = 1
+    local_steps: int | None = None
     batch_size: int = 10
     lr: float = 0.05
     momentum: float = 0.0
@@ -150,10 +192,20 @@ CLI_FIELDS: dict[str, tuple[str, str]] = {
     "label_noise_mode": ("data", "label_noise_mode"),
     "image_noise_std": ("data", "image_noise_std"),
     "domain": ("data", "domain"),
+    "party_column": ("data", "party_column"),
+    "label_column": ("data", "label_column"),
+    "split_column": ("data", "split_column"),
+    "feature_columns": ("data", "feature_columns"),
+    "categorical_columns": ("data", "categorical_columns"),
+    "scaling": ("data", "scaling"),
+    "test_fraction": ("data", "test_fraction"),
+    "data_factory": ("data", "data_factory"),
+    "heart_disease_mode": ("data", "heart_disease_mode"),
     "model": ("training", "model"),
     "rounds": ("training", "rounds"),
     "clients_per_round": ("training", "clients_per_round"),
     "local_epochs": ("training", "local_epochs"),
+    "local_steps": ("training", "local_steps"),
     "batch_size": ("training", "batch_size"),
     "lr": ("training", "lr"),
     "momentum": ("training", "momentum"),
@@ -198,6 +250,20 @@ def _coerce(value: Any, type_name: str, where: str) -> Any:
             return None
         raise ConfigError(f"{where}: must not be empty")
     base = type_name.replace(" | None", "")
+    if base == "str | dict[str, Any]":  # a model: a name or import path, or Lightning CLI's class_path/init_args
+        if isinstance(value, str):
+            return value
+        if isinstance(value, dict) and isinstance(value.get("class_path"), str) and set(value) <= {"class_path", "init_args"}:
+            if not isinstance(value.get("init_args", {}), dict):
+                raise ConfigError(f"{where}.init_args: expected a mapping, got {value['init_args']!r}")
+            return {"class_path": value["class_path"], "init_args": dict(value.get("init_args") or {})}
+        raise ConfigError(f"{where}: expected a model name, an import path or {{class_path: ..., init_args: {{...}}}}, got {value!r}")
+    if base == "list[str]":  # a list in YAML, or one comma-separated string
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
+            return [str(v) for v in value]
+        raise ConfigError(f"{where}: expected a list of column names, got {value!r}")
     if base == "bool":
         if isinstance(value, bool):
             return value
@@ -251,10 +317,14 @@ def build_config(
                     f"unknown option {section}.{key}; known: {', '.join(sorted(types))}"
                 )
             sections[section][key] = _coerce(value, str(types[key]), f"{section}.{key}")
+    types_by_section = {name: _field_types(cls) for name, cls in SECTIONS.items()}
     for flag, value in (overrides or {}).items():
         if value is None:
             continue
         section, key = CLI_FIELDS[flag]
+        field_type = str(types_by_section[section][key])
+        if isinstance(value, str) and ("list[str]" in field_type or "dict" in field_type):
+            value = _coerce(value, field_type, "--" + flag.replace("_", "-"))
         sections[section][key] = value
     config = RunConfig(**{name: SECTIONS[name](**values) for name, values in sections.items()})
     if not config.tracking.registered_model:
@@ -262,8 +332,15 @@ def build_config(
     dp = config.privacy
     if dp.mode == "off" and (dp.noise is not None or dp.epsilon is not None):
         dp.mode = "sample"
+    if config.data.partition is None:
+        config.data.partition = default_partition(config.data.dataset)
     validate(config)
     return config
+
+
+def default_partition(dataset: str) -> str:
+    """Natural (one client per party) where the data has parties of its own, else dirichlet."""
+    return "natural" if dataset in PARTY_DATASETS else "dirichlet"
 
 
 def _require(condition: bool, message: str) -> None:
@@ -274,7 +351,7 @@ def _require(condition: bool, message: str) -> None:
 def validate(config: RunConfig) -> None:
     """Range checks that need no registry (names are checked where they resolve)."""
     d, t = config.data, config.training
-    _require(d.partition in PARTITIONS, f"unknown partition {d.partition!r}; choose from {', '.join(PARTITIONS)}")
+    _require(d.partition is None or d.partition in PARTITIONS, f"unknown partition {d.partition!r}; choose from {', '.join(PARTITIONS)}")
     _require(d.num_clients is None or d.num_clients > 0, f"--num-clients must be positive, got {d.num_clients}")
     _require(d.dirichlet_beta > 0 and math.isfinite(d.dirichlet_beta), f"--dirichlet-beta must be positive, got {d.dirichlet_beta}")
     _require(d.shards_per_client > 0, f"--shards-per-client must be positive, got {d.shards_per_client}")
@@ -284,9 +361,19 @@ def validate(config: RunConfig) -> None:
     _require(0 <= d.label_noise <= 1, f"--label-noise must be in [0, 1], got {d.label_noise}")
     _require(d.label_noise_mode in LABEL_NOISE_MODES, f"unknown --label-noise-mode {d.label_noise_mode!r}; choose from {', '.join(LABEL_NOISE_MODES)}")
     _require(d.image_noise_std >= 0, f"--image-noise-std must be non-negative, got {d.image_noise_std}")
+    _require(d.scaling in SCALING_MODES, f"unknown --scaling {d.scaling!r}; choose from {', '.join(SCALING_MODES)}")
+    _require(0 <= d.test_fraction < 1, f"--test-fraction must be in [0, 1), got {d.test_fraction}")
+    _require(d.heart_disease_mode in HEART_DISEASE_MODES,
+             f"unknown --heart-disease-mode {d.heart_disease_mode!r}; choose from {', '.join(HEART_DISEASE_MODES)}")
+    if d.dataset == "table":
+        _require(bool(d.data_dir), "dataset table needs --data-dir (a .csv or .parquet file)")
+        _require(bool(d.party_column) and bool(d.label_column), "dataset table needs --party-column and --label-column")
+    if d.dataset == "python":
+        _require(bool(d.data_factory), "dataset python needs --data-factory module:function")
     _require(t.rounds > 0, f"--rounds must be positive, got {t.rounds}")
     _require(t.clients_per_round > 0, f"--clients-per-round must be positive, got {t.clients_per_round}")
     _require(t.local_epochs > 0, f"--local-epochs must be positive, got {t.local_epochs}")
+    _require(t.local_steps is None or t.local_steps > 0, f"--local-steps must be positive, got {t.local_steps}")
     _require(t.batch_size > 0, f"--batch-size must be positive, got {t.batch_size}")
     _require(t.lr > 0 and math.isfinite(t.lr), f"--lr must be positive, got {t.lr}")
     _require(0 <= t.momentum < 1, f"--momentum must be in [0, 1), got {t.momentum}")
@@ -316,3 +403,38 @@ def validate(config: RunConfig) -> None:
     _require(st.alpha_max > 0, f"--alpha-max must be positive, got {st.alpha_max}")
     _require(st.alpha_temperature > 0, f"--alpha-temperature must be positive, got {st.alpha_temperature}")
     _require(st.alpha_tolerance >= 0, f"--alpha-tolerance must be non-negative, got {st.alpha_tolerance}")
+
+
+def precheck(config: RunConfig) -> None:
+    """The CLI's checks of a validated config that need no data, torch or MLflow.
+
+    They run before :func:`fedlight.experiment.run_experiment` is imported, so a
+    misspelt name is refused in well under a second. ``run_experiment`` makes the
+    same checks later against the registries themselves, where a strategy
+    registered in Python (:func:`fedlight.register_strategy`) or a model class is
+    also accepted; a run from the command line can only name built-ins, so this
+    refuses the rest with the registries' own messages. A model spec with ':' or
+    '.' is an import path, resolved (and checked) when the model is built.
+    """
+    d, t = config.data, config.training
+    # a partition makes at most --num-clients clients (the data may make fewer: checked once it is loaded)
+    _require(d.num_clients is None or t.clients_per_round <= d.num_clients,
+             f"--clients-per-round {t.clients_per_round} exceeds the {d.num_clients} clients of --num-clients")
+    st = config.strategy
+    _require(st.name in STRATEGY_NAMES, f"unknown strategy {st.name!r}; choose from {', '.join(STRATEGY_NAMES)}")
+    if st.name in ALPHA_RULE_STRATEGIES:
+        _require(st.alpha_rule in ALPHA_RULE_NAMES,
+                 f"strategy {st.name}: unknown alpha rule {st.alpha_rule!r}; choose from {', '.join(ALPHA_RULE_NAMES)}")
+        _require(not (config.privacy.mode == "client" and st.alpha_rule in PARTY_COMPARING_ALPHA_RULES),
+                 f"--alpha-rule {st.alpha_rule} scores each party against the round's others, so one party moves "
+                 "the others' weights and client-level DP's noise no longer covers it; use quality, label_fit or uniform")
+    dataset = config.data.dataset
+    _require(dataset in DATASET_NAMES, f"unknown dataset {dataset!r}; choose from {', '.join(DATASET_NAMES)}")
+    model = config.training.model
+    if isinstance(model, str):
+        _require(bool(model.strip()), "model: empty name; give a built-in name or an import path module:Class")
+    class_path = (model.get("class_path") if isinstance(model, dict) else model)
+    if isinstance(class_path, str) and class_path.strip():
+        class_path = class_path.strip()
+        _require(class_path in MODEL_NAMES or ":" in class_path or "." in class_path,
+                 f"unknown model {class_path!r}; choose from {', '.join(MODEL_NAMES)} or give an import path module:Class")

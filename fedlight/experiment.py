@@ -17,11 +17,12 @@ from typing import Any
 import mlflow
 import torch
 
-from fedlight.config import RunConfig, validate
-from fedlight.data import FederatedData, build_federated_data, load_source
+from fedlight.compat import check_model_support
+from fedlight.config import RunConfig, default_partition, validate
+from fedlight.data import FederatedData, SourceOptions, build_federated_data, load_source
 from fedlight.errors import ConfigError
 from fedlight.loop import FederatedLoop, ProgressReporter, RoundListener
-from fedlight.models import build_model
+from fedlight.models import build_model, describe_model
 from fedlight.plots import alpha_figure, alpha_series, convergence_figure
 from fedlight.privacy import ClientLevelDP, SampleLevelDP
 from fedlight.state import ClientStateStore
@@ -32,10 +33,15 @@ from fedlight.tracking import MlflowRun
 
 def load_federated_data(config: RunConfig) -> FederatedData:
     d = config.data
-    source = load_source(d.dataset, d.data_dir, seed=config.training.seed)
+    options = SourceOptions(
+        party_column=d.party_column, label_column=d.label_column, split_column=d.split_column,
+        feature_columns=d.feature_columns, categorical_columns=d.categorical_columns, scaling=d.scaling,
+        test_fraction=d.test_fraction, data_factory=d.data_factory, heart_disease_mode=d.heart_disease_mode,
+    )
+    source = load_source(d.dataset, d.data_dir, seed=config.training.seed, options=options)
     return build_federated_data(
         source,
-        partition=d.partition,
+        partition=d.partition or default_partition(d.dataset),
         num_clients=d.num_clients,
         dirichlet_beta=d.dirichlet_beta,
         shards_per_client=d.shards_per_client,
@@ -72,7 +78,7 @@ def configure_privacy(
                                 grad_sample_mode=dp.grad_sample_mode)
         privacy.calibrate(
             batches_per_epoch=[math.ceil(c.num_train / t.batch_size) for c in data.clients],
-            local_epochs=t.local_epochs, rounds=t.rounds,
+            local_epochs=t.local_epochs, rounds=t.rounds, local_steps=t.local_steps,
         )
         return privacy
     if dp.mode == "client":
@@ -99,18 +105,23 @@ def _privacy_summary(privacy: SampleLevelDP | None, strategy: Strategy) -> dict[
 
 def model_info(config: RunConfig, data: FederatedData) -> dict[str, Any]:
     """What a user of the exported model needs: classes, input shape, preprocessing."""
-    return {
+    info: dict[str, Any] = {
         "dataset": data.dataset,
-        "model": config.training.model,
+        "model": describe_model(config.training.model),
         "class_names": list(data.class_names),
         "input_shape": list(data.input_shape),
-        "preprocessing": {
+    }
+    if len(data.input_shape) == 3:
+        info["preprocessing"] = {
             "color": "grayscale, one channel",
             "size": f"resize to {data.input_shape[1]}x{data.input_shape[2]}",
             "scale": "pixel / max -> [0, 1] float32",
             "polarity": "1 = ink, 0 = background (light strokes on a dark background)",
-        },
-    }
+        }
+    else:
+        info["feature_names"] = list(data.feature_names or ())
+        info["preprocessing"] = data.preprocessing
+    return info
 
 
 def run_tags(config: RunConfig) -> dict[str, str]:
@@ -120,7 +131,7 @@ def run_tags(config: RunConfig) -> dict[str, str]:
         "alpha_rule": config.strategy.alpha_rule if config.strategy.name == "adaptive" else "-",
         "dataset": config.data.dataset,
         "partition": config.data.partition,
-        "model": config.training.model,
+        "model": describe_model(config.training.model),
         "seed": str(config.training.seed),
         "dp_mode": config.privacy.mode,
         "noisy_clients": "yes" if config.data.noisy_client_fraction > 0 and config.data.label_noise + config.data.image_noise_std > 0 else "no",
@@ -191,8 +202,10 @@ def run_experiment(
     if t.clients_per_round > len(data.clients):
         raise ConfigError(f"--clients-per-round {t.clients_per_round} exceeds the {len(data.clients)} clients")
     torch.manual_seed(t.seed)
-    model = build_model(t.model, data.input_shape, data.num_classes)
-    if config.privacy.mode != "off":
+    model = build_model(t.model, data.input_shape, data.num_classes, example=data.test_x[:2])
+    check_model_support(model, strategy=config.strategy.name, dp_mode=config.privacy.mode,
+                        alpha_rule=config.strategy.alpha_rule)
+    if config.privacy.mode == "sample":
         model = make_private_compatible(model)
     store = ClientStateStore()
     try:
@@ -244,6 +257,8 @@ def _train_and_log(
             },
             "data/clients.json",
         )
+        if data.preprocessing:
+            tracker.log_dict(data.preprocessing, "data/preprocessing.json")
         loop = FederatedLoop(
             model=model,
             data=data,
@@ -251,6 +266,7 @@ def _train_and_log(
             rounds=t.rounds,
             clients_per_round=t.clients_per_round,
             local_epochs=t.local_epochs,
+            local_steps=t.local_steps,
             batch_size=t.batch_size,
             lr=t.lr,
             momentum=t.momentum,

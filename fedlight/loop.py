@@ -17,12 +17,13 @@ from torch import nn
 from fedlight.client import ClientModule, fit_client, make_loader
 from fedlight.data import FederatedData
 from fedlight.errors import ConfigError
-from fedlight.metrics import evaluate, loss_and_accuracy
+from fedlight.metrics import classification_metrics, loss_and_accuracy, predict_logits
 from fedlight.privacy import SampleLevelDP
 from fedlight.state import ClientStateStore
 from fedlight.strategies import ClientFailure, ClientPlan, ClientResult, Params, Strategy
 
 CLIENT_SAMPLING = ("fixed", "poisson")
+PARTY_METRICS_MAX = 16
 
 
 class RoundListener(Protocol):
@@ -129,36 +130,86 @@ class FederatedLoop:
         return sorted(int(c) for c in chosen)
 
     def train_client(self, plan: ClientPlan, global_params: Params, server_round: int) -> ClientResult:
+        """Fit one client from ``global_params`` and return its result.
+
+        A plain ``nn.Module`` trains inside a :class:`ClientModule`
+        (cross-entropy, the loop's SGD, the plan's loss terms, DP-SGD when
+        ``privacy`` is set); a user's own LightningModule trains as it is,
+        with its ``training_step`` and ``configure_optimizers``
+        (:mod:`fedlight.compat` lists what it supports). With
+        ``local_steps`` set, each fit takes that many optimizer steps
+        instead of ``local_epochs`` epochs.
+        """
+        # imported here so that issue 17 changes only this method of loop.py; fine to hoist to the header
+        from fedlight.client import LossTerm, TrainLossRecorder
+        from fedlight.models import is_lightning_module, model_name
+
         client = self.data.clients[plan.client_id]
+        local_steps = getattr(self, "local_steps", None)
         self._local_model.load_state_dict(global_params)
-        module = ClientModule(self._local_model, lr=self.lr, momentum=self.momentum)
+        user_module = is_lightning_module(self._local_model)
+        module = self._local_model if user_module else ClientModule(self._local_model, lr=self.lr, momentum=self.momentum)
         loader = make_loader(
             client.train_x,
             client.train_y,
             batch_size=self.batch_size,
             seed=int(np.random.SeedSequence([self.seed, server_round, plan.client_id]).generate_state(1)[0]),
         )
-        if self.privacy is None:
-            steps = fit_client(module, loader, epochs=self.local_epochs, callbacks=plan.callbacks)
+        if user_module:
+            name = model_name(self._local_model)
+            if self.privacy is not None:
+                raise ConfigError(f"sample-level DP (DP-SGD) needs fedlight's training step; {name} is a LightningModule with its own")
+            terms = [type(cb).__name__ for cb in plan.callbacks if isinstance(cb, LossTerm)]
+            if terms:
+                raise ConfigError(f"{', '.join(terms)} adds to fedlight's loss; {name} is a LightningModule with its own training_step")
+            recorder = TrainLossRecorder()
+            steps = fit_client(module, loader, epochs=self.local_epochs, max_steps=local_steps, callbacks=[*plan.callbacks, recorder])
+            if recorder.batches == 0 and steps > 0:
+                raise ConfigError(f"{name}.training_step must return the loss (a tensor, or a dict with 'loss')")
+            train_loss, report = recorder.mean_train_loss, recorder.report
+        elif self.privacy is None:
+            steps = fit_client(module, loader, epochs=self.local_epochs, max_steps=local_steps, callbacks=plan.callbacks)
+            train_loss, report = module.mean_train_loss, module.report
         else:
             with self.privacy.private_fit(plan.client_id, module, loader, server_round=server_round) as dp_loader:
-                steps = fit_client(module, dp_loader, epochs=self.local_epochs, callbacks=plan.callbacks)
-        if not math.isfinite(module.mean_train_loss):
-            raise FloatingPointError(f"local training diverged (loss {module.mean_train_loss})")
+                steps = fit_client(module, dp_loader, epochs=self.local_epochs, max_steps=local_steps, callbacks=plan.callbacks)
+            train_loss, report = module.mean_train_loss, module.report
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"local training diverged (loss {train_loss})")
         val_loss, val_accuracy = loss_and_accuracy(self._local_model, client.val_x, client.val_y)
         return ClientResult(
             client_id=plan.client_id,
             num_samples=client.num_train,
             params={k: v.detach().clone() for k, v in self._local_model.state_dict().items()},
             num_steps=steps,
-            train_loss=module.mean_train_loss,
+            train_loss=train_loss,
             val_loss=val_loss,
             val_accuracy=val_accuracy,
-            extras=module.report,
+            extras=report,
         )
 
     def evaluate(self) -> dict[str, float]:
-        metrics = evaluate(self.model, self.data.test_x, self.data.test_y, self.data.num_classes)
+        """Metrics of the global model on the pooled test set, per domain and per party.
+
+        Where test rows belong to parties (``data.test_client``), each party's
+        accuracy on its own test rows and their unweighted mean and minimum
+        (``party_mean_accuracy``: FLamby's cross-silo metric); the parties'
+        own accuracies are listed (``accuracy_party/<name>``) for federations
+        of at most :data:`PARTY_METRICS_MAX` parties.
+        """
+        logits = predict_logits(self.model, self.data.test_x)
+        metrics = classification_metrics(logits, self.data.test_y, self.data.num_classes)
+        if self.data.test_client is not None:
+            correct = (logits.argmax(1) == self.data.test_y).double()
+            accuracies = {}
+            for cid in torch.unique(self.data.test_client).tolist():
+                if cid >= 0:
+                    accuracies[self.data.clients[cid].name] = float(correct[self.data.test_client == cid].mean())
+            if accuracies:
+                metrics["party_mean_accuracy"] = float(np.mean(list(accuracies.values())))
+                metrics["party_min_accuracy"] = min(accuracies.values())
+                if len(accuracies) <= PARTY_METRICS_MAX:
+                    metrics.update({f"accuracy_party/{name}": a for name, a in accuracies.items()})
         if self.data.test_domain is not None:
             for index, name in enumerate(self.data.domain_names):
                 rows = self.data.test_domain == index

@@ -1,11 +1,14 @@
-"""Evaluation: loss, accuracy and macro precision/recall/F1 via torchmetrics."""
+"""Evaluation: loss, accuracy and macro precision/recall/F1 via torchmetrics; balanced accuracy and ROC AUC for binary tasks."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.functional.classification import (
+    binary_auroc,
     multiclass_accuracy,
     multiclass_f1_score,
     multiclass_precision,
@@ -28,16 +31,42 @@ def classification_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: i
 
     Macro averages are over the classes present in ``y`` or the predictions
     (torchmetrics ignores classes with no support in either).
+
+    Binary tasks (``num_classes == 2``) also get ``balanced_accuracy`` and
+    ``roc_auc``; see :func:`binary_metrics`.
     """
     preds = logits.argmax(dim=1)
     kwargs = {"num_classes": num_classes, "average": "macro"}
-    return {
+    metrics = {
         "loss": float(F.cross_entropy(logits, y)),
         "accuracy": float(multiclass_accuracy(preds, y, num_classes=num_classes, average="micro")),
         "precision": float(multiclass_precision(preds, y, **kwargs, zero_division=0)),
         "recall": float(multiclass_recall(preds, y, **kwargs, zero_division=0)),
         "f1": float(multiclass_f1_score(preds, y, **kwargs, zero_division=0)),
     }
+    if num_classes == 2:
+        metrics.update(binary_metrics(logits, y))
+    return metrics
+
+
+def binary_metrics(logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Balanced accuracy and ROC AUC of two-class logits ``[N, 2]`` against labels in {0, 1}.
+
+    ``balanced_accuracy`` is the mean recall of the classes present in
+    ``y`` (both, normally: (TPR + TNR) / 2; with one class present, that
+    class's recall, as scikit-learn computes it). ``roc_auc`` is torchmetrics'
+    binary AUROC of the softmax probability of class 1 (ties count one
+    half); it is undefined with one class present (or none), and is then
+    nan rather than an error or torchmetrics' 0.
+    """
+    preds = logits.argmax(dim=1)
+    recalls = [float((preds[y == c] == c).float().mean()) for c in (0, 1) if bool((y == c).any())]
+    balanced = sum(recalls) / len(recalls) if recalls else math.nan
+    if len(recalls) == 2:
+        roc_auc = float(binary_auroc(torch.softmax(logits.float(), dim=1)[:, 1], y))
+    else:
+        roc_auc = math.nan
+    return {"balanced_accuracy": balanced, "roc_auc": roc_auc}
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, float]:

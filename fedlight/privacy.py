@@ -286,8 +286,12 @@ class SampleLevelDP:
         self._noise_by_client: dict[int, float] = {}
         self._round_epsilons: dict[int, float] = {}
 
-    def calibrate(self, *, batches_per_epoch: Sequence[int], local_epochs: int, rounds: int) -> None:
-        """Fix each party's noise multiplier before training (once; kept across restores)."""
+    def calibrate(self, *, batches_per_epoch: Sequence[int], local_epochs: int, rounds: int,
+                  local_steps: int | None = None) -> None:
+        """Fix each party's noise multiplier before training (once; kept across restores).
+
+        A round is ``local_steps`` steps when set, else ``local_epochs`` epochs of the party's batches.
+        """
         if self.target_epsilon is None:
             self._noise_by_client = {cid: float(self.noise) for cid in range(len(batches_per_epoch))}
             return
@@ -296,7 +300,7 @@ class SampleLevelDP:
             if batches not in cache:
                 cache[batches] = calibrate_noise(
                     target_epsilon=self.target_epsilon, delta=self.delta, sample_rate=1.0 / batches,
-                    steps=rounds * local_epochs * batches, accountant=self.accountant,
+                    steps=rounds * (local_steps or local_epochs * batches), accountant=self.accountant,
                 )
             self._noise_by_client[cid] = cache[batches]
 

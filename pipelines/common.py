@@ -68,8 +68,13 @@ def _run_job(sections: dict[str, dict[str, Any]], threads: int) -> dict[str, Any
 
     with terminate_as_interrupt():  # a killed worker ends its MLflow run KILLED
         summary = run_experiment(build_config(sections), progress=False)
+    alphas: dict[str, float] = {}
+    for row in summary["history"]:
+        alphas.update({k.removeprefix("alpha/"): v for k, v in row.items() if k.startswith("alpha/")})
     return {"run_id": summary["run_id"], "final": summary["final"], "wall_time_s": summary["wall_time_s"],
             "privacy": summary.get("privacy"),
+            # each party's last alpha, for federations small enough to tabulate them
+            "final_alphas": alphas if len(alphas) <= 16 else None,
             "history": [{k: v for k, v in row.items() if not k.startswith("alpha/")} for row in summary["history"]]}
 
 

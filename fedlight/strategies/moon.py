@@ -8,6 +8,11 @@ FedAvg. Hyperparameters: ``moon_mu`` (default 1; the paper uses 1 to 5 and
 0.01 to 10 in ablations) and ``moon_tau`` (temperature, default 0.5). The
 projection head is the model's ``embed`` output. Previous local models live
 in the state store (on disk), one per client that has trained.
+
+MOON needs a model with ``embed(x)`` and ``head(z)`` (every built-in has
+them) trained by fedlight's own step, since its term joins the loss:
+:func:`fedlight.compat.check_model_support` refuses other models before a
+run starts.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from fedlight.strategies.fedavg import FedAvg
 
 class Moon(FedAvg):
     name = "moon"
+    # read by fedlight.compat.check_model_support
+    needs_embedding = True
+    needs_client_module = True
 
     def __init__(self, moon_mu: float = 1.0, moon_tau: float = 0.5):
         if moon_mu < 0 or moon_tau <= 0:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import mlflow
+import pytest
 
 from tests.conftest import FEMNIST_DIR, REPO, requires_femnist
 
@@ -96,3 +97,27 @@ def test_crossdomain_quick(tmp_path):
     rows = list(csv.DictReader((tmp_path / "out" / "table.csv").open()))
     assert [r["setup"] for r in rows] == ["femnist parties alone", "digits parties alone", "fedavg, all parties", "adaptive, all parties"]
     assert all(0 <= float(r["accuracy_digits_mean"]) <= 1 for r in rows)
+
+
+HEART_DIR = REPO.parent / "shared" / "data" / "heart_disease"
+
+
+@pytest.mark.skipif(not (HEART_DIR / "raw").is_dir(), reason=f"UCI Heart Disease data not found at {HEART_DIR}")
+def test_heart_disease_quick(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "pipelines" / "heart_disease.py"), "--quick", "--strategies", "fedavg", "adaptive",
+         "--out", str(tmp_path / "out"), "--tracking-uri", uri],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {r["method"]: r for r in csv.DictReader((tmp_path / "out" / "table.csv").open())}
+    assert set(rows) == {"pooled", "local cleveland", "local hungarian", "local switzerland", "local va", "fedavg", "adaptive"}
+    for row in rows.values():
+        hospitals = [float(row[f"accuracy_{h}"]) for h in ("cleveland", "hungarian", "switzerland", "va")]
+        assert float(row["mean_of_hospitals"]) == pytest.approx(sum(hospitals) / 4, abs=1e-9)
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "| fedavg |" in table and "0.6850" in table and "trust weight alpha" in table
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["heart-disease"])
+    assert len(runs) == 2 + 5 + 1 and set(runs["status"]) == {"FINISHED"}

@@ -22,10 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from fedlight.config import HEART_DISEASE_MODES, SCALING_MODES
 from fedlight.errors import ConfigError
-
-SCALING_MODES = ("party", "federated", "none")
-HEART_DISEASE_MODES = ("flamby", "impute")
 
 
 @dataclass
