@@ -217,8 +217,10 @@ class GlobalLossProbe(Callback):
         was_training = model.training
         model.eval()
         with torch.no_grad():
+            train_loader = trainer.train_dataloader
             probe_loader = DataLoader(
-                trainer.train_dataloader.dataset, batch_size=self.batch_size, shuffle=False, generator=torch.Generator()
+                train_loader.dataset, batch_size=self.batch_size, shuffle=False, generator=torch.Generator(),
+                collate_fn=train_loader.collate_fn,
             )
             for x, y in probe_loader:
                 log_probs = F.log_softmax(model(x), dim=1)

@@ -131,6 +131,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"precision={final['precision']:.4f} recall={final['recall']:.4f} f1={final['f1']:.4f} "
         f"loss={final['loss']:.4f} ({summary['wall_time_s']:.0f}s)"
     )
+    print(f"next: `make ui` (or `mlflow ui --backend-store-uri {summary['tracking_uri']}`) and open "
+          f"http://127.0.0.1:5000, experiment {summary['experiment']}")
     return 0
 
 

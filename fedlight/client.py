@@ -241,9 +241,29 @@ class TrainLossRecorder(Callback):
         return self._loss_sum / self._loss_count if self._loss_count else math.nan
 
 
+class TensorBatches(TensorDataset):
+    """A ``TensorDataset`` that a DataLoader reads a batch at a time.
+
+    PyTorch's fetcher asks ``__getitems__`` for a whole batch of indices; one
+    indexing of each tensor replaces a ``__getitem__`` per sample and the
+    collate's stack, for the same batches in the same order. Read it with
+    :func:`stacked` as the loader's ``collate_fn``.
+    """
+
+    def __getitems__(self, indices: Sequence[int]) -> list[torch.Tensor]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return [tensor[index] for tensor in self.tensors]
+
+
+def stacked(batch: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The collate function of a :class:`TensorBatches` loader: the batch is already stacked."""
+    return batch
+
+
 def make_loader(x: torch.Tensor, y: torch.Tensor, *, batch_size: int, seed: int) -> DataLoader:
+    """Shuffled batches of (x, y), the order drawn from a generator seeded with ``seed``."""
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=generator)
+    return DataLoader(TensorBatches(x, y), batch_size=batch_size, shuffle=True, generator=generator, collate_fn=stacked)
 
 
 class _InterruptRecorder(Callback):

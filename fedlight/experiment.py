@@ -293,6 +293,7 @@ def _train_and_log(
         summary = {
             "run_id": tracker.run_id,
             "experiment": config.tracking.experiment,
+            "tracking_uri": tracker.tracking_uri,
             "strategy": config.strategy.name,
             "rounds": t.rounds,
             "final": final,

@@ -8,7 +8,8 @@ every party every round, FLamby's learning rates (FedAvg, FedProx and
 SCAFFOLD local SGD lr 0.001; FedAdam local lr 0.01, server lr 0.01, betas
 0.9/0.999, tau 1e-8; strategies FLamby has no setting for use FedAvg's).
 Local training (each hospital alone) and pooled training (all training rows
-together) use Adam, lr 0.001, 50 epochs, batch 4, as FLamby's baselines do.
+together, z-scored with the pooled statistics) use Adam, lr 0.001, 50
+epochs, batch 4, as FLamby's baselines do.
 
 The metric is FLamby's: the mean over the four hospitals of the accuracy on
 each hospital's own test set; the pooled test accuracy (254 rows) is
@@ -108,25 +109,29 @@ def baseline(args: argparse.Namespace, *, hospital: str | None, seed: int) -> di
     from fedlight.client import ClientModule, fit_client, make_loader
     from fedlight.config import build_config
     from fedlight.experiment import load_federated_data
-    from fedlight.metrics import classification_metrics, predict_logits
     from fedlight.models import build_model
     from fedlight.tracking import resolve_tracking_uri
 
-    config = build_config({"data": {"dataset": "heart_disease", "data_dir": args.data_dir,
-                                    "heart_disease_mode": args.mode, "val_fraction": 0.0}, "training": {"seed": seed}})
-    data = load_federated_data(config)
+    def hospitals(scaling: str):
+        return load_federated_data(build_config({
+            "data": {"dataset": "heart_disease", "data_dir": args.data_dir, "heart_disease_mode": args.mode,
+                     "val_fraction": 0.0, "scaling": scaling},
+            "training": {"seed": seed},
+        }))
+
+    # FLamby's pooled training z-scores with the pooled training statistics, which the federated scaling computes
+    data = hospitals("federated" if hospital is None else "party")
     clients = [c for c in data.clients if hospital is None or c.name == hospital]
     x, y = torch.cat([c.train_x for c in clients]), torch.cat([c.train_y for c in clients])
     torch.manual_seed(seed)
     model = build_model(args.model, data.input_shape, data.num_classes)
     module = ClientModule(model, lr=0.001, optimizer=torch.optim.Adam(model.parameters(), lr=0.001))
     fit_client(module, make_loader(x, y, batch_size=4, seed=seed), epochs=args.baseline_epochs)
-    logits = predict_logits(model, data.test_x)
-    final = classification_metrics(logits, data.test_y, data.num_classes)
-    for cid, client in enumerate(data.clients):
-        rows = data.test_client == cid
-        final[f"accuracy_party/{client.name}"] = float((logits[rows].argmax(1) == data.test_y[rows]).double().mean())
-    final["party_mean_accuracy"] = sum(final[f"accuracy_party/{h}"] for h in HOSPITALS) / len(HOSPITALS)
+    final = _evaluate(model, data)
+    if hospital is None:
+        # FLamby scores its pooled model on each hospital's test set as that hospital's loader gives it, z-scored
+        # with the hospital's own statistics rather than the pooled ones the model was trained on
+        final["flamby_evaluation_party_mean_accuracy"] = _evaluate(model, hospitals("party"))["party_mean_accuracy"]
     mlflow.set_tracking_uri(resolve_tracking_uri(args.tracking_uri))
     mlflow.set_experiment(args.experiment)
     name = f"{'pooled' if hospital is None else 'local-' + hospital}-{args.model}-{args.mode}-s{seed}"
@@ -134,6 +139,18 @@ def baseline(args: argparse.Namespace, *, hospital: str | None, seed: int) -> di
         mlflow.log_params({"hospital": hospital or "all", "model": args.model, "mode": args.mode, "seed": seed,
                            "epochs": args.baseline_epochs, "optimizer": "adam", "lr": 0.001, "batch_size": 4})
         mlflow.log_metrics({f"final_{k}": v for k, v in final.items()})
+    return final
+
+
+def _evaluate(model, data) -> dict[str, Any]:
+    from fedlight.metrics import classification_metrics, predict_logits
+
+    logits = predict_logits(model, data.test_x)
+    final = classification_metrics(logits, data.test_y, data.num_classes)
+    for cid, client in enumerate(data.clients):
+        rows = data.test_client == cid
+        final[f"accuracy_party/{client.name}"] = float((logits[rows].argmax(1) == data.test_y[rows]).double().mean())
+    final["party_mean_accuracy"] = sum(final[f"accuracy_party/{h}"] for h in HOSPITALS) / len(HOSPITALS)
     return final
 
 
@@ -149,7 +166,9 @@ def run_baselines(args: argparse.Namespace, path: Path) -> dict[str, list[dict[s
         method = "pooled" if hospital is None else f"local {hospital}"
         for seed in args.seeds:
             key = json.dumps({"method": method, "model": args.model, "mode": args.mode, "seed": seed,
-                              "epochs": args.baseline_epochs}, sort_keys=True)
+                              "epochs": args.baseline_epochs, "scaling": "federated" if hospital is None else "party",
+                              "flamby_evaluation": hospital is None},
+                             sort_keys=True)
             if key not in done:
                 done[key] = baseline(args, hospital=hospital, seed=seed)
                 with path.open("a") as handle:
@@ -182,6 +201,13 @@ def summarise(args: argparse.Namespace, federated: dict[str, dict], baselines: d
         csv_rows.append({"method": method, "model": args.model, "mode": args.mode, "seeds": len(finals),
                          "mean_of_hospitals": mean, "mean_of_hospitals_sd": sd, "pooled_test": pooled,
                          **{f"accuracy_{h}": m for h, (m, _) in zip(HOSPITALS, per_hospital)}})
+    if "pooled" in baselines:
+        flamby_eval = mean_std(f["flamby_evaluation_party_mean_accuracy"] for f in baselines["pooled"])
+        row = ["pooled, scored as FLamby does (hospital-scaled test sets)", f"{flamby_eval[0]:.4f} ± {flamby_eval[1]:.4f}",
+               "-", *("-" for _ in HOSPITALS)]
+        if flamby_setting:
+            row[3:3] = [f"{FLAMBY['pooled'][0]:.4f}", "-"]
+        rows.insert(1, row)
     text = (
         f"# Fed-Heart-Disease ({args.model}, {args.mode} preprocessing)\n\n"
         f"Command: `python pipelines/heart_disease.py {' '.join(sys.argv[1:])}`  \n"

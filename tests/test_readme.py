@@ -13,7 +13,8 @@ def test_readme_python_examples_run(tmp_path):
     assert len(blocks) == 2, "the README's two examples (own model on own table, own strategy) are missing"
     script = tmp_path / "example.py"
     script.write_text("\n".join(blocks))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # mlflow.set_tracking_uri in earlier tests exports MLFLOW_TRACKING_URI; the example uses the default store
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     values = dict(re.findall(r"^(accuracy|median) (\S+)", proc.stdout, flags=re.M))
