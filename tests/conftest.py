@@ -29,20 +29,21 @@ def make_tiny_federated(num_clients: int = 2, per_client: int = 12, num_classes:
             x[i, 0, r * 4 : r * 4 + 4, c * 4 : c * 4 + 4] += 0.8
         return x, y
 
+    return federated_from_sampler(sample, num_clients=num_clients, per_client=per_client, test_size=30,
+                                  num_classes=num_classes, input_shape=(1, 8, 8), dataset="tiny")
+
+
+def federated_from_sampler(sample, *, num_clients: int, per_client: int, test_size: int, num_classes: int,
+                           input_shape: tuple[int, ...], dataset: str) -> FederatedData:
+    """Clients of ``per_client`` training and 4 validation rows each, then a test set, drawn by ``sample(n)`` in that order."""
     clients = []
     for cid in range(num_clients):
         tx, ty = sample(per_client)
         vx, vy = sample(4)
         clients.append(ClientData(cid, f"c{cid}", tx, ty, vx, vy))
-    test_x, test_y = sample(30)
-    return FederatedData(
-        clients=clients,
-        test_x=test_x,
-        test_y=test_y,
-        class_names=tuple(str(i) for i in range(num_classes)),
-        input_shape=(1, 8, 8),
-        dataset="tiny",
-    )
+    test_x, test_y = sample(test_size)
+    return FederatedData(clients=clients, test_x=test_x, test_y=test_y,
+                         class_names=tuple(str(i) for i in range(num_classes)), input_shape=input_shape, dataset=dataset)
 
 
 @pytest.fixture

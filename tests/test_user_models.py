@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedlight.compat import check_model_support
-from fedlight.data import ClientData, FederatedData
+from fedlight.data import FederatedData
 from fedlight.errors import ConfigError
 from fedlight.loop import FederatedLoop
 from fedlight.models import MODELS, build_model, describe_model, model_kind
@@ -21,6 +21,7 @@ from fedlight.privacy import ClientLevelDP, SampleLevelDP
 from fedlight.state import ClientStateStore
 from fedlight.strategies import STRATEGIES, build_strategy
 from fedlight.strategies.trust import ALPHA_RULES
+from tests.conftest import federated_from_sampler
 
 FEATURES = 5
 HERE = __name__  # "tests.test_user_models": the import path of the classes below
@@ -183,16 +184,8 @@ def make_tabular_federated(num_clients=2, per_client=16, features=FEATURES, num_
         x = torch.randn(n, features, generator=gen)
         return x, (x @ weights).argmax(dim=1)
 
-    clients = []
-    for cid in range(num_clients):
-        tx, ty = sample(per_client)
-        vx, vy = sample(4)
-        clients.append(ClientData(cid, f"c{cid}", tx, ty, vx, vy))
-    test_x, test_y = sample(24)
-    return FederatedData(
-        clients=clients, test_x=test_x, test_y=test_y, class_names=tuple(str(i) for i in range(num_classes)),
-        input_shape=(features,), dataset="tabular",
-    )
+    return federated_from_sampler(sample, num_clients=num_clients, per_client=per_client, test_size=24,
+                                  num_classes=num_classes, input_shape=(features,), dataset="tabular")
 
 
 @pytest.fixture(scope="module")
