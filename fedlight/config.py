@@ -338,6 +338,12 @@ def build_config(
     return config
 
 
+def party_comparing_rule_refusal(rule: str) -> str:
+    """Why client-level DP refuses an alpha rule that compares parties (see fedlight.privacy)."""
+    return (f"--alpha-rule {rule} scores each party against the round's others, so one party moves "
+            "the others' weights and client-level DP's noise no longer covers it; use quality, label_fit or uniform")
+
+
 def default_partition(dataset: str) -> str:
     """Natural (one client per party) where the data has parties of its own, else dirichlet."""
     return "natural" if dataset in PARTY_DATASETS else "dirichlet"
@@ -426,8 +432,7 @@ def precheck(config: RunConfig) -> None:
         _require(st.alpha_rule in ALPHA_RULE_NAMES,
                  f"strategy {st.name}: unknown alpha rule {st.alpha_rule!r}; choose from {', '.join(ALPHA_RULE_NAMES)}")
         _require(not (config.privacy.mode == "client" and st.alpha_rule in PARTY_COMPARING_ALPHA_RULES),
-                 f"--alpha-rule {st.alpha_rule} scores each party against the round's others, so one party moves "
-                 "the others' weights and client-level DP's noise no longer covers it; use quality, label_fit or uniform")
+                 party_comparing_rule_refusal(st.alpha_rule))
     dataset = config.data.dataset
     _require(dataset in DATASET_NAMES, f"unknown dataset {dataset!r}; choose from {', '.join(DATASET_NAMES)}")
     model = config.training.model

@@ -18,7 +18,7 @@ import mlflow
 import torch
 
 from fedlight.compat import check_model_support
-from fedlight.config import RunConfig, default_partition, validate
+from fedlight.config import RunConfig, default_partition, party_comparing_rule_refusal, validate
 from fedlight.data import FederatedData, SourceOptions, build_federated_data, load_source
 from fedlight.errors import ConfigError
 from fedlight.loop import FederatedLoop, ProgressReporter, RoundListener
@@ -83,10 +83,7 @@ def configure_privacy(
         return privacy
     if dp.mode == "client":
         if isinstance(strategy, AdaptiveTrust) and strategy.rule.compares_parties:
-            raise ConfigError(
-                f"--alpha-rule {strategy.rule.name} scores each party against the round's others, so one party moves "
-                "the others' weights and client-level DP's noise no longer covers it; use quality, label_fit or uniform"
-            )
+            raise ConfigError(party_comparing_rule_refusal(strategy.rule.name))
         strategy.averager = ClientLevelDP(
             clip=dp.clip, delta=dp.delta, clients_per_round=t.clients_per_round, num_clients=len(data.clients),
             mean_client_size=float(sum(c.num_train for c in data.clients)) / len(data.clients), rounds=t.rounds,

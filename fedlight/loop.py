@@ -14,10 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedlight.client import ClientModule, fit_client, make_loader
+from fedlight.client import ClientModule, LossTerm, TrainLossRecorder, fit_client, make_loader
 from fedlight.data import FederatedData
 from fedlight.errors import ConfigError
 from fedlight.metrics import classification_metrics, loss_and_accuracy, predict_logits
+from fedlight.models import is_lightning_module, model_name
 from fedlight.privacy import SampleLevelDP
 from fedlight.state import ClientStateStore
 from fedlight.strategies import ClientFailure, ClientPlan, ClientResult, Params, Strategy
@@ -140,12 +141,8 @@ class FederatedLoop:
         ``local_steps`` set, each fit takes that many optimizer steps
         instead of ``local_epochs`` epochs.
         """
-        # imported here so that issue 17 changes only this method of loop.py; fine to hoist to the header
-        from fedlight.client import LossTerm, TrainLossRecorder
-        from fedlight.models import is_lightning_module, model_name
-
         client = self.data.clients[plan.client_id]
-        local_steps = getattr(self, "local_steps", None)
+        local_steps = self.local_steps
         self._local_model.load_state_dict(global_params)
         user_module = is_lightning_module(self._local_model)
         module = self._local_model if user_module else ClientModule(self._local_model, lr=self.lr, momentum=self.momentum)
