@@ -82,6 +82,7 @@ _FLAG_TYPES: dict[str, tuple[type, str]] = {
     "alpha_max": (float, "upper clip of alpha"),
     "alpha_temperature": (float, "temperature of the loss-based alpha rules"),
     "alpha_tolerance": (float, "excess not penalised: of CE - H (quality), of the larger shortfall (label_fit) or of the loss ratio to the median above 1 (global_loss)"),
+    "byzantine_f": (int, "Byzantine parties per round that trimmed_mean, krum and multi_krum tolerate"),
     "dp_mode": (str, "differential privacy: off, sample (DP-SGD per party) or client (DP-FedAvg)"),
     "dp_noise": (float, "noise multiplier sigma"),
     "dp_epsilon": (float, "target epsilon; calibrates sigma before training (instead of --dp-noise)"),

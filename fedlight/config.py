@@ -29,7 +29,8 @@ PARTITIONS = ("natural", "iid", "dirichlet", "shards")
 # registries live in modules that import torch; these copies let the CLI refuse a misspelt name
 # before importing them. tests/test_config.py checks that each equals its registry.
 # Strategies: fedlight.strategies.BUILTIN_STRATEGIES (user-registered ones exist only in Python).
-STRATEGY_NAMES = ("fedavg", "fedprox", "scaffold", "moon", "fedadam", "adaptive", "oracle")
+STRATEGY_NAMES = ("fedavg", "fedprox", "scaffold", "moon", "fedadam", "adaptive", "oracle", "median", "trimmed_mean", "krum",
+                  "multi_krum")
 # The built-in strategies that take an alpha rule (fedlight.strategies.strategy_options).
 ALPHA_RULE_STRATEGIES = ("adaptive",)
 # fedlight.strategies.trust.ALPHA_RULES, and those of its rules with compares_parties=True.
@@ -117,6 +118,7 @@ class StrategyConfig:
     alpha_max: float = 1.0
     alpha_temperature: float = 0.5
     alpha_tolerance: float = 0.1
+    byzantine_f: int = 1
 
     def options(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
@@ -225,6 +227,7 @@ CLI_FIELDS: dict[str, tuple[str, str]] = {
     "alpha_max": ("strategy", "alpha_max"),
     "alpha_temperature": ("strategy", "alpha_temperature"),
     "alpha_tolerance": ("strategy", "alpha_tolerance"),
+    "byzantine_f": ("strategy", "byzantine_f"),
     "dp_mode": ("privacy", "mode"),
     "dp_noise": ("privacy", "noise"),
     "dp_epsilon": ("privacy", "epsilon"),
@@ -409,6 +412,7 @@ def validate(config: RunConfig) -> None:
     _require(st.alpha_max > 0, f"--alpha-max must be positive, got {st.alpha_max}")
     _require(st.alpha_temperature > 0, f"--alpha-temperature must be positive, got {st.alpha_temperature}")
     _require(st.alpha_tolerance >= 0, f"--alpha-tolerance must be non-negative, got {st.alpha_tolerance}")
+    _require(st.byzantine_f >= 0, f"--byzantine-f must be non-negative, got {st.byzantine_f}")
 
 
 def precheck(config: RunConfig) -> None:

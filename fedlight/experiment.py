@@ -28,6 +28,7 @@ from fedlight.privacy import ClientLevelDP, SampleLevelDP
 from fedlight.state import ClientStateStore
 from fedlight.strategies import Strategy, build_strategy
 from fedlight.strategies.adaptive import AdaptiveTrust
+from fedlight.strategies.robust import RobustStrategy
 from fedlight.tracking import MlflowRun
 
 
@@ -82,6 +83,11 @@ def configure_privacy(
         )
         return privacy
     if dp.mode == "client":
+        if isinstance(strategy, RobustStrategy):
+            raise ConfigError(
+                f"strategy {strategy.name} is a robust rule, whose sensitivity is not the mean's that client-level DP's "
+                "noise is calibrated to; use it with --dp-mode off or sample"
+            )
         if isinstance(strategy, AdaptiveTrust) and strategy.rule.compares_parties:
             raise ConfigError(party_comparing_rule_refusal(strategy.rule.name))
         strategy.averager = ClientLevelDP(

@@ -125,7 +125,8 @@ def test_subprocess_bad_input_has_no_traceback(tracking_uri):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip() == (
-        "fedlight: error: unknown strategy 'nope'; choose from fedavg, fedprox, scaffold, moon, fedadam, adaptive, oracle"
+        "fedlight: error: unknown strategy 'nope'; choose from fedavg, fedprox, scaffold, moon, fedadam, adaptive, oracle, "
+        "median, trimmed_mean, krum, multi_krum"
     )
 
 

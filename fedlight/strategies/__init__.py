@@ -31,9 +31,13 @@ from fedlight.strategies.base import ClientFailure, ClientPlan, ClientResult, Pa
 from fedlight.strategies.fedadam import FedAdam
 from fedlight.strategies.fedavg import FedAvg
 from fedlight.strategies.fedprox import FedProx
+from fedlight.strategies.krum import Krum
+from fedlight.strategies.median import Median
 from fedlight.strategies.moon import Moon
+from fedlight.strategies.multi_krum import MultiKrum
 from fedlight.strategies.oracle import OracleFedAvg
 from fedlight.strategies.scaffold import Scaffold
+from fedlight.strategies.trimmed_mean import TrimmedMean
 
 S = TypeVar("S", bound=type[Strategy])
 
@@ -94,7 +98,7 @@ def unregister_strategy(name: str) -> type[Strategy]:
     return STRATEGIES.pop(name)
 
 
-for _builtin in (FedAvg, FedProx, Scaffold, Moon, FedAdam, AdaptiveTrust, OracleFedAvg):
+for _builtin in (FedAvg, FedProx, Scaffold, Moon, FedAdam, AdaptiveTrust, OracleFedAvg, Median, TrimmedMean, Krum, MultiKrum):
     register_strategy(_builtin)
 BUILTIN_STRATEGIES = frozenset(STRATEGIES)
 del _builtin

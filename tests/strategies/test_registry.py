@@ -35,7 +35,8 @@ class _Halfway(FedAvg):
 
 
 def test_builtins_are_registered():
-    assert BUILTIN_STRATEGIES == {"fedavg", "fedprox", "scaffold", "moon", "fedadam", "adaptive", "oracle"}
+    assert BUILTIN_STRATEGIES == {"fedavg", "fedprox", "scaffold", "moon", "fedadam", "adaptive", "oracle", "median",
+                                  "trimmed_mean", "krum", "multi_krum"}
     assert set(STRATEGIES) == set(BUILTIN_STRATEGIES)
 
 
