@@ -151,12 +151,33 @@ class TrackingConfig:
 
 
 @dataclass
+class ExecutionConfig:
+    executor: str = "sequential"
+    workers: int | None = None
+    worker_cpus: float = 1.0
+    worker_gpus: float = 0.0
+    ray_address: str | None = None
+    accelerator: str = "cpu"
+    min_clients: int = 1
+
+
+@dataclass
+class FaultsConfig:
+    """Injected faults and attacks for experiments (all off by default)."""
+
+    attack: str = "none"
+    byzantine_fraction: float = 0.0
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -176,6 +197,8 @@ SECTIONS: dict[str, type] = {
     "strategy": StrategyConfig,
     "privacy": PrivacyConfig,
     "tracking": TrackingConfig,
+    "execution": ExecutionConfig,
+    "faults": FaultsConfig,
 }
 
 # CLI flag (without dashes, underscores) -> (section, field). Every flag is an
