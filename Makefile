@@ -6,9 +6,12 @@ SWEEP ?= sweeps/digits.yaml
 WORKERS ?= 1
 MODEL ?= fedlight-digits-sweep@champion
 EXPORT_DIR ?= exported
+EXPORT_FORMAT ?= all
 REPRO_WORKERS ?= 2
+SERVER_PORT ?= 5001
+SERVER_STORE ?= mlruns/server
 
-.PHONY: install run test bench lint ui sweep export reproduce clean
+.PHONY: install run test bench lint ui server sweep export reproduce clean
 
 install: $(BIN)/fedlight
 
@@ -25,11 +28,14 @@ run: install
 test: install
 	$(BIN)/pytest -q
 
-## fedlight against a hand-written plain-PyTorch FedAvg (process wall and rounds only; LEAF CNN 20 rounds,
-## small CNN 60; run on an idle machine) and the cost of DP-SGD; writes pipelines/results/bench/.
+## fedlight against a hand-written plain-PyTorch FedAvg and Flower 1.42's simulation (process wall and rounds
+## only; LEAF CNN 20 rounds, small CNN 60), its sequential executor against Ray (2 workers) at 10 and 50 clients
+## per round, and the cost of DP-SGD; run on an idle machine; writes pipelines/results/bench/.
+## BENCH_PARTS: any of handwritten,flower,ray,dp (flower needs the extra: pip install -e '.[flower]').
 BENCH_REPEATS ?= 2
+BENCH_PARTS ?= handwritten,flower,ray,dp
 bench: install
-	$(BIN)/python pipelines/bench.py --data-dir $(FEMNIST) --repeats $(BENCH_REPEATS)
+	$(BIN)/python pipelines/bench.py --data-dir $(FEMNIST) --repeats $(BENCH_REPEATS) --parts $(BENCH_PARTS)
 
 lint: install
 	$(BIN)/ruff check fedlight pipelines tests
@@ -37,15 +43,22 @@ lint: install
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --port 5000
 
+## An MLflow tracking server on 127.0.0.1:SERVER_PORT (SQLite and artifacts in SERVER_STORE) for runs, sweep
+## workers and register/export/predict given --tracking-uri http://127.0.0.1:SERVER_PORT; no GenAI job runner.
+server: install
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --host 127.0.0.1 --port $(SERVER_PORT) \
+	  --backend-store-uri sqlite:///$(SERVER_STORE)/mlflow.db --artifacts-destination $(abspath $(SERVER_STORE))/artifacts \
+	  --serve-artifacts
+
 ## An Optuna study (continues if it exists); WORKERS=2 runs two processes on it.
 sweep: install
 	@pids=""; for i in $$(seq $(WORKERS)); do \
 	  $(BIN)/fedlight sweep --config $(SWEEP) & pids="$$pids $$!"; sleep 2; \
 	done; status=0; for p in $$pids; do wait $$p || status=$$?; done; exit $$status
 
-## The registry model MODEL (NAME@ALIAS or NAME/VERSION) as TorchScript in EXPORT_DIR.
+## The registry model MODEL (NAME@ALIAS or NAME/VERSION) in EXPORT_DIR: EXPORT_FORMAT pt2, onnx, torchscript or all.
 export: install
-	$(BIN)/fedlight export --model $(MODEL) --out $(EXPORT_DIR)
+	$(BIN)/fedlight export --model $(MODEL) --out $(EXPORT_DIR) --format $(EXPORT_FORMAT)
 
 ## Every paper pipeline in full (hours on 2 cores; see README).
 reproduce: install

@@ -4,7 +4,10 @@ Each callback joins one client's local fit through its strategy's
 ``configure_round``; none of them copies the training loop. Gradient edits
 happen in ``on_before_optimizer_step``; extra loss terms implement
 :class:`~fedlight.client.LossTerm`; what the server needs back goes into
-``pl_module.report``; what the client keeps goes into the state store.
+``pl_module.report``; what the client keeps for its next round goes into
+:func:`~fedlight.client.client_state_updates`, which the driver writes to
+the state store (a callback never touches the store: the task may run on
+another machine).
 
 The callbacks reach the federated model through
 :func:`~fedlight.client.local_model` and the server's report through
@@ -24,10 +27,9 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback
 from torch.utils.data import DataLoader
 
-from fedlight.client import ClientModule, GradientEdit, LossTerm, client_report, local_model
+from fedlight.client import ClientModule, GradientEdit, LossTerm, client_report, client_state_updates, local_model
 from fedlight.errors import ConfigError
 from fedlight.models import model_name
-from fedlight.state import ClientStateStore
 
 Params = dict[str, torch.Tensor]
 
@@ -79,8 +81,9 @@ class ScaffoldCorrection(GradientEdit):
 
     Each local step uses ``grad + c - c_i``. After the fit, with K the optimizer
     steps actually taken and lr the local learning rate,
-    ``c_i+ = c_i - c + (x - y_i) / (K * lr)``; ``c_i+`` is kept in the client's
-    store and ``delta_c = c_i+ - c_i`` is reported to the server.
+    ``c_i+ = c_i - c + (x - y_i) / (K * lr)``; ``c_i+`` is the client's state
+    update (``scaffold_control``) and ``delta_c = c_i+ - c_i`` is reported to
+    the server.
 
     For a user's own LightningModule, lr is the learning rate of the one
     ``torch.optim.SGD`` its ``configure_optimizers`` returns; anything else,
@@ -88,9 +91,7 @@ class ScaffoldCorrection(GradientEdit):
     divides by the rate of the steps actually taken).
     """
 
-    def __init__(self, *, client_id: int, store: ClientStateStore, server_control: Params, client_control: Params):
-        self.client_id = client_id
-        self.store = store
+    def __init__(self, *, server_control: Params, client_control: Params):
         self.server_control = server_control
         self.client_control = client_control
         self._start: Params = {}
@@ -137,7 +138,7 @@ class ScaffoldCorrection(GradientEdit):
                 self.client_control[name] - self.server_control[name] + (self._start[name] - p.detach()) * scale
             )
         client_report(trainer, pl_module)["control_delta"] = {n: new_control[n] - self.client_control[n] for n in new_control}
-        self.store.put(self.client_id, "scaffold_control", new_control)
+        client_state_updates(trainer, pl_module)["scaffold_control"] = new_control
 
 
 class MoonContrastive(LossTerm):
@@ -145,15 +146,15 @@ class MoonContrastive(LossTerm):
 
     l_con = -log(exp(cos(z, z_glob)/tau) / (exp(cos(z, z_glob)/tau) + exp(cos(z, z_prev)/tau))),
     with z_glob from the frozen global model and z_prev from the client's
-    frozen previous local model (the global model on its first round). The
-    new local model is kept in the store as the next round's previous model.
+    frozen previous local model (``previous``, read from the store by the
+    strategy; the global model on its first round). The new local model is
+    the client's state update ``moon_previous``, its next round's previous model.
     """
 
     needs_embedding = True
 
-    def __init__(self, *, client_id: int, store: ClientStateStore, mu: float, tau: float):
-        self.client_id = client_id
-        self.store = store
+    def __init__(self, *, mu: float, tau: float, previous: Params | None = None):
+        self.previous = previous
         self.mu = mu
         self.tau = tau
         self._global = None
@@ -164,9 +165,8 @@ class MoonContrastive(LossTerm):
             raise ConfigError(f"strategy moon needs fedlight's training step; {model_name(pl_module)} is a LightningModule with its own")
         self._global = copy.deepcopy(pl_module.model).eval().requires_grad_(False)
         self._previous = copy.deepcopy(self._global)
-        previous = self.store.get(self.client_id, "moon_previous")
-        if previous is not None:
-            self._previous.load_state_dict(previous)
+        if self.previous is not None:
+            self._previous.load_state_dict(self.previous)
 
     def loss_term(self, module, x, y, embedding, logits) -> torch.Tensor:
         with torch.no_grad():
@@ -180,7 +180,9 @@ class MoonContrastive(LossTerm):
         return self.mu * F.cross_entropy(similarities, targets, reduction="none")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: ClientModule) -> None:
-        self.store.put(self.client_id, "moon_previous", {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()})
+        client_state_updates(trainer, pl_module)["moon_previous"] = {
+            k: v.detach().clone() for k, v in pl_module.model.state_dict().items()
+        }
         self._global = self._previous = None
 
 

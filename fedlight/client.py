@@ -207,6 +207,20 @@ def client_report(trainer: Any, pl_module: Any) -> dict[str, Any]:
     return pl_module.report
 
 
+STATE_UPDATES = "state_updates"
+
+
+def client_state_updates(trainer: Any, pl_module: Any) -> dict[str, Any]:
+    """The dict a callback fills with what its party keeps for the next round (``key -> value``).
+
+    A client's training is a pure task: it never writes the state store. The
+    driver applies these updates to the store (keyed by the client's id)
+    after the task returns, wherever the task ran (in process, on a Ray
+    worker, on another node).
+    """
+    return client_report(trainer, pl_module).setdefault(STATE_UPDATES, {})
+
+
 def _batch_size(batch: Any) -> int | None:
     first = batch[0] if isinstance(batch, (list, tuple)) and batch else batch
     return len(first) if isinstance(first, torch.Tensor) and first.dim() > 0 else None
@@ -284,6 +298,7 @@ def fit_client(
     epochs: int,
     callbacks: Sequence[Callback] = (),
     max_steps: int | None = None,
+    accelerator: str = "cpu",
 ) -> int:
     """Fit ``module`` on a fresh Trainer (a reused one trains 0 steps); return the optimizer steps taken.
 
@@ -291,13 +306,14 @@ def fit_client(
     With ``max_steps`` the fit takes that many optimizer steps, cycling over
     ``loader`` as often as needed (each pass reshuffles), and ``epochs`` is
     ignored; FLamby's protocol, for one, is 100 local steps of batch 4 a round.
+    ``accelerator`` is Lightning's (``"cpu"`` or ``"gpu"``, one device).
     """
     if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
         raise ConfigError(f"local steps must be a positive integer, got {max_steps!r}")
     _quiet_lightning()
     interrupts = _InterruptRecorder()
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=1,
         max_epochs=epochs if max_steps is None else -1,
         max_steps=-1 if max_steps is None else max_steps,

@@ -21,15 +21,18 @@ from fedlight.compat import check_model_support
 from fedlight.config import RunConfig, default_partition, party_comparing_rule_refusal, validate
 from fedlight.data import FederatedData, SourceOptions, build_federated_data, load_source
 from fedlight.errors import ConfigError
-from fedlight.loop import FederatedLoop, ProgressReporter, RoundListener
+from fedlight.execution import ClientExecutor, build_executor
+from fedlight.faults import RoundFaults, build_round_faults
+from fedlight.loop import FederatedLoop, ProgressReporter, RoundListener, resolve_accelerator
 from fedlight.models import build_model, describe_model
 from fedlight.plots import alpha_figure, alpha_series, convergence_figure
 from fedlight.privacy import ClientLevelDP, SampleLevelDP
+from fedlight.resume import ResumePlan, begin_run_checkpoints, finish_run_checkpoints, params_digest, restore_run
 from fedlight.state import ClientStateStore
 from fedlight.strategies import Strategy, build_strategy
 from fedlight.strategies.adaptive import AdaptiveTrust
 from fedlight.strategies.robust import RobustStrategy
-from fedlight.tracking import MlflowRun
+from fedlight.tracking import MlflowRun, default_run_name, federated_dataset, ui_path
 
 
 def load_federated_data(config: RunConfig) -> FederatedData:
@@ -98,6 +101,14 @@ def configure_privacy(
     return None
 
 
+def build_executor_from_config(config: RunConfig) -> ClientExecutor:
+    ex = config.execution
+    if ex.executor == "ray":
+        return build_executor("ray", workers=ex.workers, worker_cpus=ex.worker_cpus, worker_gpus=ex.worker_gpus,
+                              address=ex.ray_address)
+    return build_executor(ex.executor)
+
+
 def _privacy_summary(privacy: SampleLevelDP | None, strategy: Strategy) -> dict[str, Any] | None:
     if privacy is not None:
         return privacy.summary()
@@ -142,17 +153,12 @@ def run_tags(config: RunConfig) -> dict[str, str]:
 
 
 def _log_alphas(tracker: MlflowRun, history: list[dict[str, float]], data: FederatedData) -> None:
-    """Alpha trajectories (plot and table) and the final mean alpha of corrupted vs clean parties."""
+    """The alpha trajectories' plot and the final mean alpha of corrupted vs clean parties (the series are in the
+    run's party_metrics.json table)."""
     series = alpha_series(history)
     if not series:
         return
     tracker.log_figure(alpha_figure(series, data.corrupted_clients), "plots/alpha_trajectories.png")
-    table = sorted(
-        ({"round": r, "client": cid, "name": data.clients[cid].name, "corrupted": cid in data.corrupted_clients, "alpha": a}
-         for cid, points in series.items() for r, a in points),
-        key=lambda row: (row["round"], row["client"]),
-    )
-    tracker.log_dict(table, "alpha_table.json")
     latest = {cid: points[-1][1] for cid, points in series.items()}
     bad = [a for c, a in latest.items() if c in data.corrupted_clients]
     good = [a for c, a in latest.items() if c not in data.corrupted_clients]
@@ -188,10 +194,15 @@ def run_experiment(
     progress: bool = True,
     parent_run_id: str | None = None,
     extra_tags: dict[str, str] | None = None,
+    resume: ResumePlan | None = None,
 ) -> dict[str, Any]:
-    """Train one federated run, log it to MLflow and return its summary."""
+    """Train one federated run, log it to MLflow and return its summary.
+
+    ``resume`` (:func:`fedlight.resume.plan_resume`) continues that run from its last checkpoint.
+    """
     started = time.perf_counter()
     validate(config)  # a RunConfig built in Python has not been through build_config
+    resolve_accelerator(config.execution.accelerator)  # --accelerator gpu on a machine without one: before any run
     t = config.training
     if output_json is not None:
         output_json = Path(output_json)
@@ -199,6 +210,9 @@ def run_experiment(
             raise ConfigError(f"--output-json: directory {output_json.parent} does not exist")
     build_strategy(config.strategy.name, config.strategy.options())  # fail on bad options before loading data
     data = load_federated_data(config)
+    faults = build_round_faults(config.faults, num_clients=len(data.clients), seed=t.seed)
+    if faults.attack is not None:
+        faults.attack.poison_data(data)  # label_flip: the Byzantine parties' labels, before anything reads them
     strategy = build_strategy(
         config.strategy.name, {**config.strategy.options(), "excluded_clients": data.corrupted_clients}
     )
@@ -216,7 +230,7 @@ def run_experiment(
         return _train_and_log(
             config, data=data, model=model, strategy=strategy, store=store, privacy=privacy, started=started,
             config_path=config_path, output_json=output_json, listeners=extra_listeners, progress=progress,
-            parent_run_id=parent_run_id, extra_tags=extra_tags or {},
+            parent_run_id=parent_run_id, extra_tags=extra_tags or {}, resume=resume, faults=faults,
         )
     finally:
         store.close()
@@ -237,18 +251,29 @@ def _train_and_log(
     progress: bool,
     parent_run_id: str | None,
     extra_tags: dict[str, str],
+    resume: ResumePlan | None = None,
+    faults: RoundFaults | None = None,
 ) -> dict[str, Any]:
     t = config.training
     tracker = MlflowRun(
         tracking_uri=config.tracking.tracking_uri,
         experiment=config.tracking.experiment,
-        run_name=config.tracking.run_name,
+        run_name=config.tracking.run_name or default_run_name(config),
         tags=run_tags(config) | extra_tags,
         params=config.flat_params(),
         parent_run_id=parent_run_id,
+        log_party_metrics=config.tracking.log_party_metrics,
+        parties=[c.name for c in data.clients],
+        corrupted=data.corrupted_clients,
+        resume_run_id=resume.run_id if resume is not None else None,
+        logged=resume.logged if resume is not None else None,
     )
     with tracker:
+        checkpointer = begin_run_checkpoints(tracker, config, resume)
+        tracker.log_dataset(federated_dataset(data, config))
         tracker.log_dict(config.to_dict(), "config/resolved.yaml")
+        if faults is not None and faults.attack is not None:
+            tracker.log_dict(faults.attack.describe(data), "faults/byzantine.json")
         if config_path is not None:
             tracker.log_artifact(config_path, "config")
         tracker.log_dict(
@@ -275,16 +300,25 @@ def _train_and_log(
             momentum=t.momentum,
             eval_every=t.eval_every,
             seed=t.seed,
-            listeners=[tracker, *listeners, *([ProgressReporter(t.rounds)] if progress else [])],
+            # the checkpointer first: a round is saved before a listener (Optuna's pruning) can stop the run
+            listeners=[*([checkpointer] if checkpointer else []), tracker, *listeners,
+                       *([ProgressReporter(t.rounds)] if progress else [])],
             store=store,
             privacy=privacy,
             # client-level DP's accountant assumes each party is selected independently (see fedlight.privacy)
             client_sampling="poisson" if config.privacy.mode == "client" else "fixed",
+            executor=build_executor_from_config(config),
+            min_clients=config.execution.min_clients,
+            accelerator=config.execution.accelerator,
+            faults=faults,
         )
+        restore_run(loop, tracker, checkpointer, resume)
         history = loop.run()
         final = loop.final_metrics()
-        mlflow.log_metrics({f"final_{k}": v for k, v in final.items()} | {"wall_time_s": time.perf_counter() - started})
+        tracker.log_metrics({f"final_{k}": v for k, v in final.items()} | {"wall_time_s": time.perf_counter() - started})
         tracker.log_dict(history, "history.json")
+        if faults is not None and faults.failure_log:
+            tracker.log_table(faults.failure_table(), "faults/failures.json")
         _log_alphas(tracker, history, data)
         tracker.log_figure(
             convergence_figure(history, title=f"{config.strategy.name} on {config.data.dataset} ({config.data.partition})"),
@@ -295,7 +329,10 @@ def _train_and_log(
         mlflow.set_tag("model_uri", model_uri)
         summary = {
             "run_id": tracker.run_id,
+            "run_name": tracker.run_name,
             "experiment": config.tracking.experiment,
+            "experiment_id": tracker.experiment_id,
+            "ui_path": ui_path(tracker.experiment_id),
             "tracking_uri": tracker.tracking_uri,
             "strategy": config.strategy.name,
             "rounds": t.rounds,
@@ -303,6 +340,7 @@ def _train_and_log(
             "history": history,
             "wall_time_s": time.perf_counter() - started,
             "model_uri": model_uri,
+            "params_sha256": params_digest(loop.global_params()),
         }
         privacy_summary = _privacy_summary(privacy, strategy)
         if privacy_summary is not None:
@@ -312,4 +350,5 @@ def _train_and_log(
             tracker.log_dict(privacy_summary, "privacy.json")
         if output_json is not None:
             _write_json_atomically(output_json, summary)
+        finish_run_checkpoints(checkpointer, config)
     return summary

@@ -14,17 +14,31 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedlight.client import ClientModule, LossTerm, TrainLossRecorder, fit_client, make_loader
+from fedlight.checkpoints import capture_rng_state, restore_rng_state
 from fedlight.data import FederatedData
 from fedlight.errors import ConfigError
-from fedlight.metrics import classification_metrics, loss_and_accuracy, predict_logits
-from fedlight.models import is_lightning_module, model_name
+from fedlight.execution import ClientExecutor, ClientOutcome, ClientTask, ClientTrainer, TrainingSettings, task_seed
+from fedlight.execution.sequential import SequentialExecutor
+from fedlight.faults import RoundFaults
+from fedlight.metrics import classification_metrics, predict_logits
 from fedlight.privacy import SampleLevelDP
 from fedlight.state import ClientStateStore
 from fedlight.strategies import ClientFailure, ClientPlan, ClientResult, Params, Strategy
 
 CLIENT_SAMPLING = ("fixed", "poisson")
+ACCELERATORS = ("auto", "cpu", "gpu")
 PARTY_METRICS_MAX = 16
+
+
+def resolve_accelerator(accelerator: str) -> torch.device:
+    """``auto`` is the GPU when torch sees one, else the CPU; ``gpu`` without one is a ConfigError."""
+    if accelerator not in ACCELERATORS:
+        raise ConfigError(f"--accelerator {accelerator!r}: choose from {', '.join(ACCELERATORS)}")
+    if accelerator == "gpu" and not torch.cuda.is_available():
+        raise ConfigError("--accelerator gpu: torch sees no CUDA GPU on this machine (use cpu or auto)")
+    if accelerator == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
 
 
 class RoundListener(Protocol):
@@ -68,6 +82,16 @@ class FederatedLoop:
     probability ``clients_per_round / N``, so a round may have none: the
     sampling that client-level DP's accountant assumes). The test set is
     evaluated every ``eval_every`` rounds and after the last round.
+
+    Client training runs as pure tasks on an ``executor``
+    (:mod:`fedlight.execution`; sequential by default): the loop hands it
+    the round's tasks and applies the state updates that come back to the
+    store, which only the loop writes. A round with fewer than
+    ``min_clients`` results is not aggregated: the strategy's :meth:`keep`
+    of the global model (unchanged, or under client-level DP the noise-only
+    release its accountant counts on) and ``round_skipped`` 1.
+    ``accelerator`` (``auto``, ``cpu``, ``gpu``) places client fits and
+    the server's evaluation.
     """
 
     def __init__(
@@ -89,6 +113,10 @@ class FederatedLoop:
         privacy: SampleLevelDP | None = None,
         client_sampling: str = "fixed",
         local_steps: int | None = None,
+        executor: ClientExecutor | None = None,
+        min_clients: int = 1,
+        accelerator: str = "cpu",
+        faults: RoundFaults | None = None,
     ):
         if client_sampling not in CLIENT_SAMPLING:
             raise ConfigError(f"client sampling {client_sampling!r}: choose from {', '.join(CLIENT_SAMPLING)}")
@@ -112,10 +140,16 @@ class FederatedLoop:
         self.privacy = privacy
         self.client_sampling = client_sampling
         self.local_steps = local_steps
+        self.executor = executor if executor is not None else SequentialExecutor()
+        self.min_clients = min_clients
+        # every round: the non-finite screen; injected faults and an attack when given (fedlight.faults)
+        self.faults = faults if faults is not None else RoundFaults()
+        self.accelerator = accelerator
+        self.device = resolve_accelerator(accelerator)  # the server's evaluation; each task resolves its own
         self.server_round = 0
         self.history: list[dict[str, float]] = []
-        # One reusable local copy: clients train one after another.
-        self._local_model = copy.deepcopy(model)
+        self._trainer: ClientTrainer | None = None  # the run's constant part of every task, made at the first round
+        self._executor_started = False
         self.strategy.setup(global_params=self.global_params(), store=self.store, num_clients=len(data.clients))
 
     def global_params(self) -> Params:
@@ -130,8 +164,40 @@ class FederatedLoop:
             chosen = rng.choice(num_clients, size=self.clients_per_round, replace=False)
         return sorted(int(c) for c in chosen)
 
+    def client_trainer(self) -> ClientTrainer:
+        """What every client task of this run shares: a copy of the model, the data, the settings."""
+        if self._trainer is None:
+            settings = TrainingSettings(
+                local_epochs=self.local_epochs, batch_size=self.batch_size, lr=self.lr, momentum=self.momentum,
+                local_steps=self.local_steps, accelerator=self.accelerator,
+                dp=self.privacy.settings if self.privacy is not None else None,
+            )
+            self._trainer = ClientTrainer(model=self.model, data=self.data, settings=settings)
+        return self._trainer
+
+    def make_task(self, plan: ClientPlan, server_round: int) -> ClientTask:
+        """The plan of one party as a task: its seeds and the stored state its fit reads."""
+        cid = plan.client_id
+        state_keys = self.privacy.state_keys if self.privacy is not None else ()
+        return ClientTask(
+            client_id=cid,
+            server_round=server_round,
+            seed=task_seed(self.seed, server_round, cid),
+            plan=plan,
+            client_state={key: self.store.get(cid, key) for key in state_keys},
+            noise_multiplier=self.privacy.noise_for(cid) if self.privacy is not None else None,
+            num_samples=self.data.clients[cid].num_train,
+        )
+
+    def apply_outcome(self, outcome: ClientOutcome) -> None:
+        """Write a task's state updates to the store (the driver's job alone)."""
+        for key, value in outcome.state_updates.items():
+            self.store.put(outcome.client_id, key, value)
+        if self.privacy is not None:
+            self.privacy.record(outcome.client_id, outcome.state_updates)
+
     def train_client(self, plan: ClientPlan, global_params: Params, server_round: int) -> ClientResult:
-        """Fit one client from ``global_params`` and return its result.
+        """Fit one client in process from ``global_params`` and return its result (errors raise).
 
         A plain ``nn.Module`` trains inside a :class:`ClientModule`
         (cross-entropy, the loop's SGD, the plan's loss terms, DP-SGD when
@@ -141,49 +207,20 @@ class FederatedLoop:
         ``local_steps`` set, each fit takes that many optimizer steps
         instead of ``local_epochs`` epochs.
         """
-        client = self.data.clients[plan.client_id]
-        local_steps = self.local_steps
-        self._local_model.load_state_dict(global_params)
-        user_module = is_lightning_module(self._local_model)
-        module = self._local_model if user_module else ClientModule(self._local_model, lr=self.lr, momentum=self.momentum)
-        loader = make_loader(
-            client.train_x,
-            client.train_y,
-            batch_size=self.batch_size,
-            seed=int(np.random.SeedSequence([self.seed, server_round, plan.client_id]).generate_state(1)[0]),
-        )
-        if user_module:
-            name = model_name(self._local_model)
-            if self.privacy is not None:
-                raise ConfigError(f"sample-level DP (DP-SGD) needs fedlight's training step; {name} is a LightningModule with its own")
-            terms = [type(cb).__name__ for cb in plan.callbacks if isinstance(cb, LossTerm)]
-            if terms:
-                raise ConfigError(f"{', '.join(terms)} adds to fedlight's loss; {name} is a LightningModule with its own training_step")
-            recorder = TrainLossRecorder()
-            steps = fit_client(module, loader, epochs=self.local_epochs, max_steps=local_steps, callbacks=[*plan.callbacks, recorder])
-            if recorder.batches == 0 and steps > 0:
-                raise ConfigError(f"{name}.training_step must return the loss (a tensor, or a dict with 'loss')")
-            train_loss, report = recorder.mean_train_loss, recorder.report
-        elif self.privacy is None:
-            steps = fit_client(module, loader, epochs=self.local_epochs, max_steps=local_steps, callbacks=plan.callbacks)
-            train_loss, report = module.mean_train_loss, module.report
-        else:
-            with self.privacy.private_fit(plan.client_id, module, loader, server_round=server_round) as dp_loader:
-                steps = fit_client(module, dp_loader, epochs=self.local_epochs, max_steps=local_steps, callbacks=plan.callbacks)
-            train_loss, report = module.mean_train_loss, module.report
-        if not math.isfinite(train_loss):
-            raise FloatingPointError(f"local training diverged (loss {train_loss})")
-        val_loss, val_accuracy = loss_and_accuracy(self._local_model, client.val_x, client.val_y)
-        return ClientResult(
-            client_id=plan.client_id,
-            num_samples=client.num_train,
-            params={k: v.detach().clone() for k, v in self._local_model.state_dict().items()},
-            num_steps=steps,
-            train_loss=train_loss,
-            val_loss=val_loss,
-            val_accuracy=val_accuracy,
-            extras=report,
-        )
+        outcome = self.client_trainer().run(self.make_task(plan, server_round), global_params, raise_errors=True)
+        self.apply_outcome(outcome)
+        return outcome.result
+
+    def _start_executor(self) -> None:
+        if not self._executor_started:
+            self.executor.start(self.client_trainer())
+            self._executor_started = True
+
+    def close(self) -> None:
+        """Release the executor's workers (a later round starts them again)."""
+        if self._executor_started:
+            self.executor.close()
+            self._executor_started = False
 
     def evaluate(self) -> dict[str, float]:
         """Metrics of the global model on the pooled test set, per domain and per party.
@@ -194,7 +231,7 @@ class FederatedLoop:
         own accuracies are listed (``accuracy_party/<name>``) for federations
         of at most :data:`PARTY_METRICS_MAX` parties.
         """
-        logits = predict_logits(self.model, self.data.test_x)
+        logits = self._predict(self.data.test_x)
         metrics = classification_metrics(logits, self.data.test_y, self.data.num_classes)
         if self.data.test_client is not None:
             correct = (logits.argmax(1) == self.data.test_y).double()
@@ -211,24 +248,41 @@ class FederatedLoop:
             for index, name in enumerate(self.data.domain_names):
                 rows = self.data.test_domain == index
                 if bool(rows.any()):
-                    _, accuracy = loss_and_accuracy(self.model, self.data.test_x[rows], self.data.test_y[rows])
-                    metrics[f"accuracy_{name}"] = accuracy
+                    metrics[f"accuracy_{name}"] = float((logits[rows].argmax(1) == self.data.test_y[rows]).float().mean())
         return metrics
 
+    def _predict(self, x: torch.Tensor) -> torch.Tensor:
+        """The global model's logits for ``x``, computed on the loop's device, returned on the CPU."""
+        if self.device.type == "cpu":
+            return predict_logits(self.model, x)
+        try:
+            return predict_logits(self.model.to(self.device), x.to(self.device)).cpu()
+        finally:
+            self.model.cpu()
+
     def run_round(self, server_round: int) -> dict[str, float]:
+        self._start_executor()  # once per run: its start-up (Ray's) is logged apart, not in round_time_s
         started = time.perf_counter()
         global_params = self.global_params()
         plans = self.strategy.configure_round(server_round, self.sample_clients(server_round), global_params)
+        outcomes = self.executor.run([self.make_task(plan, server_round) for plan in plans], global_params)
         results: list[ClientResult] = []
         failures: list[ClientFailure] = []
-        for plan in plans:
-            try:
-                results.append(self.train_client(plan, global_params, server_round))
-            except (RuntimeError, ValueError, FloatingPointError) as exc:
-                failures.append(ClientFailure(plan.client_id, f"{type(exc).__name__}: {exc}"))
-        new_params = self.strategy.aggregate(server_round, global_params, results, failures)
+        for outcome in outcomes:  # in task order, wherever they ran
+            self.apply_outcome(outcome)
+            if outcome.result is not None:
+                results.append(outcome.result)
+            else:
+                failures.append(outcome.failure)
+        results, failures = self.faults.process(server_round, global_params, results, failures)
+        skipped = len(results) < self.min_clients
+        if skipped:
+            new_params = self.strategy.keep(global_params)
+        else:
+            new_params = self.strategy.aggregate(server_round, global_params, results, failures)
         self.model.load_state_dict(new_params)
-        metrics: dict[str, float] = {"clients_ok": len(results), "clients_failed": len(failures)}
+        metrics: dict[str, float] = {"clients_ok": len(results), "clients_failed": len(failures),
+                                     "round_skipped": int(skipped)}
         if results:
             sizes = np.array([r.num_samples for r in results], dtype=float)
             metrics["train_loss"] = float(np.average([r.train_loss for r in results], weights=sizes))
@@ -246,13 +300,21 @@ class FederatedLoop:
         return metrics
 
     def run(self) -> list[dict[str, float]]:
-        """Run the remaining rounds (all of them, unless restored from a checkpoint)."""
-        for server_round in range(self.server_round + 1, self.rounds + 1):
-            metrics = self.run_round(server_round)
-            self.server_round = server_round
-            self.history.append({"round": server_round, **metrics})
-            for listener in self.listeners:
-                listener.on_round_end(server_round, metrics)
+        """Run the remaining rounds (all of them, unless restored from a checkpoint), then close the executor."""
+        reported_startup = None
+        try:
+            for server_round in range(self.server_round + 1, self.rounds + 1):
+                metrics = self.run_round(server_round)
+                if reported_startup is None:  # the executor started in this call's first round
+                    reported_startup = self.executor.startup_s
+                    if reported_startup:
+                        metrics["executor_startup_s"] = reported_startup
+                self.server_round = server_round
+                self.history.append({"round": server_round, **metrics})
+                for listener in self.listeners:
+                    listener.on_round_end(server_round, metrics)
+        finally:
+            self.close()
         return self.history
 
     def final_metrics(self) -> dict[str, float]:
@@ -271,6 +333,9 @@ class FederatedLoop:
             "privacy": self.privacy.state_dict() if self.privacy is not None else None,
             "store": self.store.state_dict(),
             "history": copy.deepcopy(self.history),
+            # dropout and a user's model draw from the global generators between rounds
+            "rng": capture_rng_state(),
+            "faults": self.faults.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -282,6 +347,10 @@ class FederatedLoop:
             self.privacy.load_state_dict(state["privacy"])
         self.store.load_state_dict(state["store"])
         self.history = copy.deepcopy(state["history"])
+        if state.get("rng") is not None:
+            restore_rng_state(state["rng"])
+        if state.get("faults") is not None:
+            self.faults.load_state_dict(state["faults"])
 
     def save_checkpoint(self, directory: str | Path) -> Path:
         """Write the loop's state and a copy of the client store's files to ``directory``."""
@@ -298,4 +367,6 @@ class FederatedLoop:
         path = Path(directory) / "loop.pt"
         if not path.is_file():
             raise ConfigError(f"no checkpoint at {path}")
-        self.load_state_dict(torch.load(path, weights_only=False))
+        state = torch.load(path, weights_only=False)
+        state["store"]["root"] = str(path.parent / "clients")  # where the files are now, should the folder have moved
+        self.load_state_dict(state)

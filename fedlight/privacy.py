@@ -43,6 +43,7 @@ import math
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -256,8 +257,89 @@ class InPlaceNoiseOptimizer(DPOptimizerFastGradientClipping):
         """Folded into :meth:`add_noise`."""
 
 
+@dataclass(frozen=True)
+class DPSGDSettings:
+    """What a DP-SGD client task needs besides its own noise multiplier and accountant (picklable)."""
+
+    clip: float
+    delta: float
+    accountant: str = "rdp"
+    grad_sample_mode: str = "ghost"
+    seed: int = 0
+
+
+@contextmanager
+def dp_sgd_fit(
+    module: ClientModule,
+    loader: DataLoader,
+    *,
+    settings: DPSGDSettings,
+    noise_multiplier: float,
+    accountant_state: dict[str, Any] | None,
+    server_round: int,
+    client_id: int,
+    updates: dict[str, Any],
+) -> Iterator[DataLoader]:
+    """Make ``module``'s next fit DP-SGD; yields the Poisson-sampled loader to fit on.
+
+    The party's accountant starts from ``accountant_state`` (None on its
+    first fit); its new state and the epsilon spent go into ``updates``
+    (``dp_accountant``, ``dp_epsilon``), even when the fit fails: steps taken
+    are privacy spent.
+    """
+    engine = PrivacyEngine(accountant=settings.accountant)
+    if accountant_state is not None:
+        engine.accountant.load_state_dict(accountant_state)
+    # the party's batch shuffling is seeded with [seed, round, client]; the noise gets its own stream
+    noise_seed = np.random.SeedSequence([settings.seed, server_round, client_id, _NOISE_STREAM]).generate_state(1)[0]
+    private = engine.make_private(
+        module=module.model,
+        optimizer=module.configure_optimizers(),
+        data_loader=loader,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=settings.clip,
+        wrap_model=False,
+        grad_sample_mode=settings.grad_sample_mode,
+        criterion=torch.nn.CrossEntropyLoss(),
+        noise_generator=torch.Generator().manual_seed(int(noise_seed)),
+    )
+    if settings.grad_sample_mode == "ghost":
+        hooks, optimizer, _criterion, dp_loader = private
+        # Opacus picks the optimizer class inside make_private; only the noise step changes
+        if type(optimizer) is DPOptimizerFastGradientClipping and not optimizer.secure_mode:
+            optimizer.__class__ = InPlaceNoiseOptimizer
+        parameters = [p for p in module.model.parameters() if p.requires_grad]
+        module.per_sample_backward = GhostClippedBackward(hooks, parameters=parameters)
+    else:
+        hooks, optimizer, dp_loader = private
+    account = optimizer.step_hook
+
+    def after_noise(opt) -> None:
+        account(opt)
+        module.apply_gradient_edits()
+
+    optimizer.attach_step_hook(after_noise)
+    module.use_optimizer(optimizer)
+    module.edit_gradients_after_noise = True
+    try:
+        yield dp_loader
+    finally:
+        module.per_sample_backward = None
+        hooks.cleanup()
+        for p in module.model.parameters():
+            p.grad_sample = None
+        updates["dp_accountant"] = engine.accountant.state_dict()
+        updates["dp_epsilon"] = epsilon_spent(engine.accountant.history, delta=settings.delta,
+                                              accountant=settings.accountant)
+
+
 class SampleLevelDP:
-    """DP-SGD around each client's local fit (see the module docstring)."""
+    """DP-SGD around each client's local fit (see the module docstring).
+
+    The driver's side: each party's noise multiplier (:meth:`calibrate`),
+    the accountants' states in the store, the epsilon summaries. The fit
+    itself is :func:`dp_sgd_fit`, run inside the client's task.
+    """
 
     def __init__(
         self,
@@ -307,56 +389,18 @@ class SampleLevelDP:
     def noise_for(self, client_id: int) -> float:
         return self._noise_by_client[client_id]
 
-    @contextmanager
-    def private_fit(self, client_id: int, module: ClientModule, loader: DataLoader, *, server_round: int) -> Iterator[DataLoader]:
-        """Make ``module``'s next fit DP-SGD; yields the Poisson-sampled loader to fit on."""
-        engine = PrivacyEngine(accountant=self.accountant)
-        state = self.store.get(client_id, "dp_accountant")
-        if state is not None:
-            engine.accountant.load_state_dict(state)
-        # the loop seeds the party's batch shuffling with [seed, round, client]; the noise gets its own stream
-        noise_seed = np.random.SeedSequence([self.seed, server_round, client_id, _NOISE_STREAM]).generate_state(1)[0]
-        private = engine.make_private(
-            module=module.model,
-            optimizer=module.configure_optimizers(),
-            data_loader=loader,
-            noise_multiplier=self.noise_for(client_id),
-            max_grad_norm=self.clip,
-            wrap_model=False,
-            grad_sample_mode=self.grad_sample_mode,
-            criterion=torch.nn.CrossEntropyLoss(),
-            noise_generator=torch.Generator().manual_seed(int(noise_seed)),
-        )
-        if self.grad_sample_mode == "ghost":
-            hooks, optimizer, _criterion, dp_loader = private
-            # Opacus picks the optimizer class inside make_private; only the noise step changes
-            if type(optimizer) is DPOptimizerFastGradientClipping and not optimizer.secure_mode:
-                optimizer.__class__ = InPlaceNoiseOptimizer
-            parameters = [p for p in module.model.parameters() if p.requires_grad]
-            module.per_sample_backward = GhostClippedBackward(hooks, parameters=parameters)
-        else:
-            hooks, optimizer, dp_loader = private
-        account = optimizer.step_hook
+    # the party's stored values a DP-SGD task reads (loaded by the driver into ClientTask.client_state)
+    state_keys = ("dp_accountant",)
 
-        def after_noise(opt) -> None:
-            account(opt)
-            module.apply_gradient_edits()
+    @property
+    def settings(self) -> DPSGDSettings:
+        return DPSGDSettings(clip=self.clip, delta=self.delta, accountant=self.accountant,
+                             grad_sample_mode=self.grad_sample_mode, seed=self.seed)
 
-        optimizer.attach_step_hook(after_noise)
-        module.use_optimizer(optimizer)
-        module.edit_gradients_after_noise = True
-        try:
-            yield dp_loader
-        finally:
-            module.per_sample_backward = None
-            hooks.cleanup()
-            for p in module.model.parameters():
-                p.grad_sample = None
-            # Steps taken are privacy spent, even if the fit failed.
-            self.store.put(client_id, "dp_accountant", engine.accountant.state_dict())
-            epsilon = epsilon_spent(engine.accountant.history, delta=self.delta, accountant=self.accountant)
-            self.store.put(client_id, "dp_epsilon", epsilon)
-            self._round_epsilons[client_id] = epsilon
+    def record(self, client_id: int, updates: dict[str, Any]) -> None:
+        """Note a task's spent epsilon for this round's metrics (the driver stores the updates)."""
+        if "dp_epsilon" in updates:
+            self._round_epsilons[client_id] = updates["dp_epsilon"]
 
     def epsilon_max(self) -> float:
         return max((eps for _, eps in self.store.items("dp_epsilon")), default=0.0)

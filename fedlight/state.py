@@ -9,6 +9,7 @@ Small values (floats, accountant histories) stay in memory.
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import tempfile
 import weakref
@@ -27,6 +28,15 @@ def _holds_tensor(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return any(_holds_tensor(v) for v in value)
     return False
+
+
+def _link(source: Path, target: Path) -> bool:
+    """Hard-link ``target`` to ``source``; False where that is impossible (another file system, no such file)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        return False
+    return True
 
 
 class ClientStateStore:
@@ -48,6 +58,9 @@ class ClientStateStore:
         )
         self._values: dict[int, dict[str, Any]] = {}
         self._tensor_keys: dict[int, set[str]] = {}
+        # tensor files written since the last snapshot, and that snapshot's folder (see snapshot)
+        self._dirty: set[tuple[int, str]] = set()
+        self._last_snapshot: Path | None = None
 
     def _path(self, client_id: int, key: str, root: Path | None = None) -> Path:
         return (root or self.root) / str(client_id) / f"{key}.pt"
@@ -61,6 +74,7 @@ class ClientStateStore:
             torch.save(value, tmp)
             tmp.replace(path)  # atomic: a crash never leaves a half-written file
             self._tensor_keys.setdefault(client_id, set()).add(key)
+            self._dirty.add((client_id, key))
             self._values.get(client_id, {}).pop(key, None)
         else:
             self._values.setdefault(client_id, {})[key] = copy.deepcopy(value)
@@ -95,13 +109,29 @@ class ClientStateStore:
         }
 
     def snapshot(self, directory: str | Path) -> dict[str, Any]:
-        """Copy the tensor files to ``directory``; return a state dict that points there."""
+        """Copy the tensor files to ``directory``; return a state dict that points there.
+
+        The store never writes into a file it has written (:meth:`put`
+        replaces it), so a snapshot hard-links the store's files where the
+        file system allows; on another file system, a file unchanged since
+        the previous snapshot is linked from that one and only the changed
+        files are copied. A snapshot every round then costs next to nothing,
+        or what the round wrote: SCAFFOLD's control variates of 300 parties
+        are 8 GB, of which a round of 10 parties changes 260 MB.
+        """
         directory = Path(directory)
+        previous = self._last_snapshot if self._last_snapshot is not None and self._last_snapshot.is_dir() else None
         for client_id, keys in self._tensor_keys.items():
             for key in keys:
                 target = self._path(client_id, key, directory)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(self._path(client_id, key), target)
+                sources = [self._path(client_id, key)]
+                if previous is not None and (client_id, key) not in self._dirty:
+                    sources.append(self._path(client_id, key, previous))
+                if not any(_link(source, target) for source in sources):
+                    shutil.copyfile(self._path(client_id, key), target)
+        self._dirty.clear()
+        self._last_snapshot = directory
         state = self.state_dict()
         state["root"] = str(directory)
         return state
@@ -121,8 +151,12 @@ class ClientStateStore:
                 if not same_root:
                     target = self._path(client_id, key)
                     target.parent.mkdir(parents=True, exist_ok=True)
+                    target.unlink(missing_ok=True)  # never write into a file a snapshot may share
                     shutil.copyfile(self._path(client_id, key, source), target)
                 self._tensor_keys.setdefault(client_id, set()).add(key)
+        # the store now equals that snapshot: the next one can link its files
+        self._dirty = set()
+        self._last_snapshot = None if same_root else source
 
     def close(self) -> None:
         """Remove the spill folder if this store created it (also done when the store is collected)."""

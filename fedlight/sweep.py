@@ -17,7 +17,11 @@ space over dotted config keys, and the base run config::
 The study lives in an Optuna storage (SQLite under ``sweeps/`` by default), so
 running the same sweep again continues it, and several worker processes can
 share it. Trials keep a heartbeat: a trial whose worker died is marked FAILED
-once its heartbeat is stale, and never stays RUNNING. MLflow gets one parent
+once its heartbeat is stale, and never stays RUNNING; Optuna then queues a
+retry of it with the same parameters (up to ``max_retry`` times,
+:class:`optuna.storages.RetryHeartbeatStaleTrialCallback`), and the retry
+resumes the dead trial's MLflow run from its last round checkpoint
+(:mod:`fedlight.resume`) instead of training from round 1. MLflow gets one parent
 run per study (its id is kept in the study, so a resumed sweep reuses it) and
 one nested child run per trial.
 """
@@ -29,6 +33,7 @@ import copy
 import fcntl
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,11 +44,13 @@ from mlflow.exceptions import MlflowException
 
 from fedlight.config import SECTIONS, build_config, load_yaml
 from fedlight.errors import ConfigError, FedlightError
-from fedlight.tracking import resolve_tracking_uri
+from fedlight.tracking import default_run_name, ensure_experiment, resolve_tracking_uri
 
 OBJECTIVES = {"accuracy": "maximize", "epsilon": "minimize"}
 PRUNERS = ("median", "hyperband", "none")
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
+# a trial's run, and the runs of its retries (the same run, resumed), carry the number of the first try
+FIRST_TRIAL_TAG = "optuna_first_trial"
 
 
 @dataclass
@@ -58,6 +65,7 @@ class SweepConfig:
     register_as: str | None = None
     heartbeat_interval: int = 5
     grace_period: int = 20
+    max_retry: int = 2
 
 
 def load_sweep(path: str | Path) -> SweepConfig:
@@ -157,15 +165,30 @@ def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]
     return sections
 
 
-def make_storage(url: str, *, heartbeat_interval: int = 5, grace_period: int = 20) -> optuna.storages.RDBStorage:
-    """An RDB storage with heartbeats; SQLite waits for locks instead of failing."""
+def make_storage(url: str, *, heartbeat_interval: int = 5, grace_period: int = 20,
+                 max_retry: int = 2) -> optuna.storages.RDBStorage:
+    """An RDB storage with heartbeats; SQLite waits for locks instead of failing.
+
+    A trial whose heartbeat went stale is queued again, ``max_retry`` times at
+    most, with its parameters and the values it reported (so that pruning
+    compares its resumed rounds with the others').
+    """
+    with warnings.catch_warnings():  # the retry callback is marked experimental (since Optuna 2.8)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)
+    creating: contextlib.AbstractContextManager = contextlib.nullcontext()
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        db = Path(url.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        # two workers opening a new file at once both create its tables, and one fails ("table ... already exists")
+        creating = _file_lock(db.with_name(f".{db.name}.lock"))
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period
-        )
+        with creating:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                heartbeat_stale_trial_callback=retry,
+            )
     except Exception as exc:  # sqlalchemy.exc.ArgumentError and friends: a malformed URL
         raise ConfigError(f"cannot open Optuna storage {url!r}: {exc}") from None
 
@@ -188,7 +211,20 @@ class PruningListener:
         self.trial.report(metrics["test_accuracy"], step=server_round)
         if self.trial.should_prune():
             mlflow.set_tag("optuna_state", "PRUNED")
+            _drop_checkpoints()  # a pruned trial is never resumed
             raise PrunedRun(f"pruned at round {server_round}")
+
+
+def _drop_checkpoints() -> None:
+    """Remove the active run's checkpoint folder (:mod:`fedlight.checkpoints`), if it has one."""
+    from fedlight.checkpoints import CHECKPOINT_TAG, remove_checkpoints
+
+    active = mlflow.active_run()
+    if active is None:
+        return
+    folder = mlflow.MlflowClient().get_run(active.info.run_id).data.tags.get(CHECKPOINT_TAG)
+    if folder:
+        remove_checkpoints(folder)
 
 
 @contextlib.contextmanager
@@ -207,7 +243,7 @@ def _parent_run(study: optuna.Study, client: mlflow.MlflowClient, experiment: st
     with _file_lock(lock_path):
         run_id = study.user_attrs.get(PARENT_RUN_ATTR)
         if run_id is None:
-            experiment_id = mlflow.set_experiment(experiment).experiment_id
+            experiment_id = ensure_experiment(client, experiment)
             run = client.create_run(experiment_id, run_name=f"study-{study.study_name}",
                                     tags={"optuna_study": study.study_name, "sweep": "parent"})
             run_id = run.info.run_id
@@ -229,6 +265,41 @@ def _fail_orphaned_child_runs(study: optuna.Study, client: mlflow.MlflowClient, 
         if trial is not None and int(trial) not in running:
             client.set_tag(run.info.run_id, "error", "worker died; Optuna marked the trial failed")
             client.set_terminated(run.info.run_id, status="FAILED")
+
+
+def retried_trial_number(trial: optuna.Trial) -> int | None:
+    """The number of the trial this one retries (the first of a chain of retries), or None.
+
+    Optuna's helper reads a trial's system attributes, which only the stored (frozen) trial has in Optuna 5.
+    """
+    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+
+
+def _resume_dead_trial(client: mlflow.MlflowClient, parent_id: str, study: str, first: int, config) -> Any:
+    """The resume plan of the MLflow run of a retried trial's dead predecessor, or None to start afresh.
+
+    None when that run cannot be found, finished, or differs from this
+    trial's config or code (:func:`fedlight.resume.plan_resume` says why,
+    as a tag on the parent run).
+    """
+    from fedlight.resume import plan_resume
+
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    runs = client.search_runs(
+        [experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+        filter_string=(f"tags.mlflow.parentRunId = '{parent_id}' and tags.optuna_study = '{study}' "
+                       f"and tags.{FIRST_TRIAL_TAG} = '{first}'"),
+    )
+    if not runs or runs[0].info.status == "FINISHED":
+        return None
+    try:
+        return plan_resume(runs[0].info.run_id, tracking_uri=config.tracking.tracking_uri, yaml_values=config.to_dict())
+    except ConfigError as exc:
+        client.set_tag(parent_id, f"retry_from_scratch.trial{first}", str(exc)[:5000])
+        return None
 
 
 def _objective_values(summary: dict[str, Any], objectives: list[str]) -> list[float]:
@@ -275,7 +346,8 @@ def run_sweep(
     try:
         study = optuna.create_study(
             study_name=sweep.study, load_if_exists=True, pruner=pruner,
-            storage=make_storage(storage_url, heartbeat_interval=sweep.heartbeat_interval, grace_period=sweep.grace_period),
+            storage=make_storage(storage_url, heartbeat_interval=sweep.heartbeat_interval, grace_period=sweep.grace_period,
+                                 max_retry=sweep.max_retry),
             directions=[OBJECTIVES[o] for o in sweep.objectives],
             sampler=optuna.samplers.TPESampler(seed=None),
         )
@@ -290,11 +362,16 @@ def run_sweep(
     def objective(trial: optuna.Trial):
         params = suggest(trial, sweep.space)
         sections = apply_params(base, params)
-        sections["tracking"]["run_name"] = f"{sweep.study}-trial-{trial.number}"
         config = build_config(sections)
+        # what the trial ran (its searched alpha rule, say) and its number: adaptive-quality-digits-s0-trial3
+        config.tracking.run_name = f"{config.tracking.run_name or default_run_name(config)}-trial{trial.number}"
         listeners = [PruningListener(trial)] if len(sweep.objectives) == 1 else []
+        first = retried_trial_number(trial)
+        resume = _resume_dead_trial(client, parent_id, sweep.study, first, config) if first is not None else None
+        tags = {"optuna_study": sweep.study, "optuna_trial": str(trial.number),
+                FIRST_TRIAL_TAG: str(first if first is not None else trial.number)}
         summary = run_experiment(config, extra_listeners=listeners, progress=False, parent_run_id=parent_id,
-                                 extra_tags={"optuna_study": sweep.study, "optuna_trial": str(trial.number)})
+                                 extra_tags=tags, resume=resume)
         values = _objective_values(summary, sweep.objectives)
         trial.set_user_attr("mlflow_run_id", summary["run_id"])
         trial.set_user_attr("model_uri", summary["model_uri"])
@@ -303,14 +380,15 @@ def run_sweep(
             client.log_metric(summary["run_id"], f"objective_{name}", value)
         return values[0] if len(values) == 1 else tuple(values)
 
-    done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    # other workers' running trials count too: two workers on a study of n trials stop at n, not n + 1
+    counted_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
     status = "FINISHED"
     try:
-        remaining = total_trials - len(study.get_trials(deepcopy=False, states=done_states))
+        remaining = total_trials - len(study.get_trials(deepcopy=False, states=counted_states))
         if remaining > 0:
             study.optimize(
                 objective, n_trials=remaining, catch=(FedlightError,),
-                callbacks=[optuna.study.MaxTrialsCallback(total_trials, states=done_states)],
+                callbacks=[optuna.study.MaxTrialsCallback(total_trials, states=counted_states)],
             )
     except KeyboardInterrupt:
         status = "KILLED"

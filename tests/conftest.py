@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fedlight.data import ClientData, FederatedData
+from tests.tracking_server import mlflow_server, served_run  # noqa: F401 - session fixtures: one server for all its tests
 
 REPO = Path(__file__).resolve().parent.parent
 FEMNIST_DIR = REPO.parent / "shared" / "data" / "femnist"

@@ -57,8 +57,11 @@ def test_adaptive_run_logs_corrupted_parties_and_alphas(tmp_path, tracking_uri):
     run_id = json.loads(out.read_text())["run_id"]
     clients = json.loads(Path(client.download_artifacts(run_id, "data/clients.json", str(tmp_path))).read_text())
     assert len(clients["corrupted_clients"]) == 2 and len(clients["corrupted_client_names"]) == 2
-    table = json.loads(Path(client.download_artifacts(run_id, "alpha_table.json", str(tmp_path))).read_text())
-    assert table and all(row["corrupted"] == (row["client"] in clients["corrupted_clients"]) for row in table)
+    mlflow.set_tracking_uri(tracking_uri)
+    table = mlflow.load_table("party_metrics.json", run_ids=[run_id])
+    alphas = table[table["metric"] == "alpha"]
+    assert len(alphas) and all(bool(flag) == (int(c) in clients["corrupted_clients"])
+                               for c, flag in zip(alphas["client"], alphas["corrupted"]))
     assert "plots/alpha_trajectories.png" in {a.path for a in client.list_artifacts(run_id, "plots")}
 
 
@@ -126,7 +129,7 @@ def test_subprocess_bad_input_has_no_traceback(tracking_uri):
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip() == (
         "fedlight: error: unknown strategy 'nope'; choose from fedavg, fedprox, scaffold, moon, fedadam, adaptive, oracle, "
-        "median, trimmed_mean, krum, multi_krum"
+        "median, trimmed_mean, krum, multi_krum, bulyan, centered_clipping"
     )
 
 

@@ -79,7 +79,7 @@ def test_help_imports_nothing_heavy(args):
         (["export", "--model", "a/b/c", "--out", "/tmp/x"], "fedlight: error: --model must be NAME, NAME@ALIAS or NAME/VERSION"),
         (["export", "--model", "m@champion", "--out", "pyproject.toml"], "fedlight: error: --out pyproject.toml exists and is not a folder"),
         (["predict", "--model", "nothing", "x.png"], "fedlight: error: --model 'nothing' is neither an exported folder nor a model URI"),
-        (["predict", "--model", "tests", "x.png"], "fedlight: error: tests is not an exported model folder (needs model.pt and model.json)"),
+        (["predict", "--model", "tests", "x.png"], "fedlight: error: tests is not an exported model folder (needs model.json and model.pt2, model.onnx or model.pt)"),
         (["predict", "--model", "models:/m@champion", "/no/such.png"], "fedlight: error: input not found: /no/such.png"),
         (["run", "--rounds", "abc"], "fedlight run: error: argument --rounds: invalid int value: 'abc'"),
     ],
@@ -119,7 +119,7 @@ def test_module_entry_point_refuses_bad_input_in_one_line():
 def test_the_clis_copies_agree_with_fedlight_export():
     from fedlight import cli, export
 
-    assert cli._EXPORT_FILES == (export.MODEL_FILE, export.INFO_FILE)
+    assert cli._EXPORT_FILES == export.FORMAT_FILES and cli._EXPORT_INFO == export.INFO_FILE
     for spec in ["m", "m@champion", "m@a-b_c", "m/3", "my model/12", "m@", "m/", "m/x", "a/b/c", "@x", "m@a@b", "", "m/1@x"]:
         try:
             export._registry_uri(spec)

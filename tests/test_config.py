@@ -135,3 +135,18 @@ def test_a_registered_strategy_passes_build_config_but_not_the_cli_precheck():
 def test_clients_per_round_above_num_clients():
     assert _precheck_error(num_clients=4, clients_per_round=9) == (
         "--clients-per-round 9 exceeds the 4 clients of --num-clients")
+
+
+def test_femnist_defaults_are_the_config_files():
+    from fedlight.config import DATASET_DEFAULTS, TrainingConfig
+    from tests.conftest import REPO
+
+    shipped = load_yaml(REPO / "configs" / "femnist.yaml")
+    bare = build_config({}, {"dataset": "femnist", "partition": "natural"})  # what `fedlight run --dataset femnist` gets
+    for name in DATASET_DEFAULTS["femnist"]:
+        section, _, key = name.partition(".")
+        assert getattr(getattr(bare, section), key) == shipped[section][key], name
+    # a flag or the file still decides; other datasets keep the dataclass defaults
+    assert build_config({"data": {"dataset": "femnist"}, "training": {"lr": 0.3}}, {"clients_per_round": 4}).training.lr == 0.3
+    assert build_config({}, {"dataset": "femnist", "clients_per_round": 4}).training.clients_per_round == 4
+    assert build_config({}, {"dataset": "digits"}).training.lr == TrainingConfig.lr

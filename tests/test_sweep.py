@@ -59,6 +59,8 @@ def test_sweep_resumes_into_the_same_study_and_parent_run(tmp_path):
     assert {a.path for a in client.list_artifacts(parent_id)} >= {"optimization_history.png", "best.json"}
     children = _children(client, parent_id)
     assert len(children) == 3 and set(r.info.status for r in children) == {"FINISHED"}
+    assert {r.info.run_name for r in children} == {f"fedavg-digits-s0-trial{n}" for n in range(3)}
+    assert client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     child = children[0]
     assert child.data.tags["optuna_state"] == "COMPLETE" and "training.lr" in child.data.params
     assert len(client.get_metric_history(child.info.run_id, "test_accuracy")) >= 1
@@ -162,3 +164,70 @@ def test_a_changed_numeric_range_may_share_the_study(tmp_path):
     check_stored_space(study, {"training.lr": {"type": "float", "low": 0.02, "high": 0.5}})
     with pytest.raises(ConfigError, match="training.lr"):
         check_stored_space(study, {"training.lr": {"type": "int", "low": 1, "high": 5}})
+
+
+def test_a_retried_trial_resumes_the_dead_trials_run_from_its_checkpoint(tmp_path):
+    from pathlib import Path
+
+    from fedlight.resume import RESUMED_FROM_TAG
+
+    storage, uri = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
+    # tests/resume_models.py stalls in its 16th training forward pass: round 3 of 4 (2 parties x 3 steps a round)
+    path = _write(tmp_path, study="retry", n_trials=1, pruner="none", register_as=None, base={
+        "data": {"dataset": "digits", "num_clients": 4},
+        "training": {"model": "tests.resume_models:StallingNet", "rounds": 4, "clients_per_round": 2, "local_steps": 3},
+        "tracking": {"experiment": "tiny-sweep"},
+    })
+    marker, scratch = tmp_path / "stalled", tmp_path / "scratch"
+    scratch.mkdir()
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "TMPDIR": str(scratch), "PYTHONPATH": str(repo), "FEDLIGHT_TEST_STALL_AT": "16",
+           "FEDLIGHT_TEST_STALL_MARKER": str(marker)}
+    worker = subprocess.Popen([sys.executable, "-m", "fedlight.cli", "sweep", "--config", str(path), "--storage", storage,
+                               "--tracking-uri", uri], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+                              env=env)
+    try:
+        deadline = time.time() + 240
+        while not marker.exists():
+            assert worker.poll() is None and time.time() < deadline, "the worker never reached round 3"
+            time.sleep(0.05)
+    finally:
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+    client = mlflow.MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name("tiny-sweep").experiment_id
+    (dead,) = client.search_runs([experiment_id], filter_string="tags.optuna_trial = '0'")
+    assert dead.info.status == "RUNNING"
+    time.sleep(3)  # past the grace period
+
+    study = run_sweep(load_sweep(path), storage=storage, tracking_uri=uri, sweeps_dir=tmp_path / "sweeps")
+    first, retry = study.trials
+    assert first.state == optuna.trial.TrialState.FAIL and retry.state == optuna.trial.TrialState.COMPLETE
+    assert retry.params == first.params and retry.system_attrs["failed_trial"] == 0
+    assert retry.user_attrs["mlflow_run_id"] == dead.info.run_id, "the retry continues the dead trial's run"
+    run = client.get_run(dead.info.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags[RESUMED_FROM_TAG] == "2"
+    assert sorted(m.step for m in client.get_metric_history(dead.info.run_id, "clients_ok")) == [1, 2, 3, 4]
+    assert sorted(retry.intermediate_values) == [1, 2, 3, 4]
+
+
+def test_a_pruned_trial_leaves_no_checkpoints(tmp_path):
+    from pathlib import Path
+
+    from fedlight.checkpoints import CHECKPOINT_TAG
+    from fedlight.config import build_config
+    from fedlight.experiment import run_experiment
+    from fedlight.sweep import PrunedRun, PruningListener
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.MlflowClient(uri).create_experiment("tiny-sweep", artifact_location=(tmp_path / "artifacts").as_uri())
+    trial = optuna.create_study().ask()
+    trial.should_prune = lambda: True
+    config = build_config({**TINY_SWEEP["base"], "tracking": {"experiment": "tiny-sweep", "tracking_uri": uri,
+                                                              "registered_model": None}})
+    with pytest.raises(PrunedRun):
+        run_experiment(config, progress=False, extra_listeners=[PruningListener(trial)])
+    client = mlflow.MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny-sweep").experiment_id])
+    assert run.info.status == "KILLED"
+    assert not Path(run.data.tags[CHECKPOINT_TAG]).exists()

@@ -28,6 +28,8 @@ from typing import Any, TypeVar
 from fedlight.errors import ConfigError
 from fedlight.strategies.adaptive import AdaptiveTrust
 from fedlight.strategies.base import ClientFailure, ClientPlan, ClientResult, Params, Strategy
+from fedlight.strategies.bulyan import Bulyan
+from fedlight.strategies.centered_clipping import CenteredClipping
 from fedlight.strategies.fedadam import FedAdam
 from fedlight.strategies.fedavg import FedAvg
 from fedlight.strategies.fedprox import FedProx
@@ -98,7 +100,8 @@ def unregister_strategy(name: str) -> type[Strategy]:
     return STRATEGIES.pop(name)
 
 
-for _builtin in (FedAvg, FedProx, Scaffold, Moon, FedAdam, AdaptiveTrust, OracleFedAvg, Median, TrimmedMean, Krum, MultiKrum):
+for _builtin in (FedAvg, FedProx, Scaffold, Moon, FedAdam, AdaptiveTrust, OracleFedAvg, Median, TrimmedMean, Krum, MultiKrum,
+                 Bulyan, CenteredClipping):
     register_strategy(_builtin)
 BUILTIN_STRATEGIES = frozenset(STRATEGIES)
 del _builtin

@@ -36,6 +36,9 @@ class Moon(FedAvg):
 
     def configure_round(self, server_round: int, client_ids: list[int], global_params: Params) -> list[ClientPlan]:
         return [
-            ClientPlan(client_id=c, callbacks=[MoonContrastive(client_id=c, store=self.store, mu=self.moon_mu, tau=self.moon_tau)])
+            ClientPlan(
+                client_id=c,
+                callbacks=[MoonContrastive(mu=self.moon_mu, tau=self.moon_tau, previous=self.store.get(c, "moon_previous"))],
+            )
             for c in client_ids
         ]

@@ -1,9 +1,11 @@
 """Oracle FedAvg: FedAvg that gives known-corrupted parties zero weight.
 
-A reference point for experiments with injected data-quality problems, not a
-deployable method: it is told which parties were corrupted
-(``excluded_clients``, filled by the runner from the data it built). On
-clean data it is FedAvg.
+A reference point for experiments with injected data-quality problems or
+attacks, not a deployable method: it is told which parties were corrupted
+(``excluded_clients``, filled by the runner from the data it built) and
+drops every result an injected attack marked Byzantine
+(``extras["byzantine"]``, see :mod:`fedlight.attacks`). On clean data it is
+FedAvg.
 """
 
 from __future__ import annotations
@@ -23,5 +25,5 @@ class OracleFedAvg(FedAvg):
     def aggregate(
         self, server_round: int, global_params: Params, results: list[ClientResult], failures: list[ClientFailure]
     ) -> Params:
-        kept = [r for r in results if r.client_id not in self.excluded_clients]
+        kept = [r for r in results if r.client_id not in self.excluded_clients and not r.extras.get("byzantine", False)]
         return super().aggregate(server_round, global_params, kept, failures)

@@ -66,9 +66,7 @@ class Scaffold(Strategy):
                 ClientPlan(
                     client_id=cid,
                     callbacks=[
-                        ScaffoldCorrection(
-                            client_id=cid, store=self.store, server_control=self.server_control, client_control=client_control
-                        )
+                        ScaffoldCorrection(server_control=self.server_control, client_control=client_control)
                     ],
                 )
             )

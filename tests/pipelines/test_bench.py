@@ -1,5 +1,6 @@
-"""The hand-written FedAvg reference of pipelines/bench.py, and bench.py's --quick run on the real FEMNIST subset."""
+"""The hand-written and Flower FedAvg references of pipelines/bench.py, and bench.py's --quick run on the real FEMNIST subset."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -12,6 +13,9 @@ import torch
 from tests.conftest import FEMNIST_DIR, REPO, requires_femnist
 
 SIZES = (5, 9, 14)  # training rows of writers 0, 1, 2: unequal, so that weighting matters
+FLOWER_AVAILABLE = importlib.util.find_spec("flwr") is not None and importlib.util.find_spec("ray") is not None
+requires_flower = pytest.mark.skipif(not FLOWER_AVAILABLE, reason="Flower's simulation engine is not installed "
+                                     "(pip install -e '.[flower]')")
 
 
 @pytest.fixture
@@ -130,21 +134,116 @@ def test_bench_bad_data_dir_is_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@requires_flower
+def test_flower_side_is_sample_weighted_fedavg_of_the_handwritten_client(tiny_femnist, tmp_path):
+    """Two rounds of all three writers on Flower's simulation engine: replayed by hand, the same global model."""
+    import bench_flower
+
+    out, saved = tmp_path / "summary.json", tmp_path / "model.pt"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "pipelines" / "bench_flower.py"), "--data-dir", str(tiny_femnist),
+         "--model", "small_cnn", "--rounds", "2", "--clients-per-round", "3", "--batch-size", "4", "--lr", "0.1",
+         "--eval-every", "1", "--seed", "3", "--threads", "1", "--output-json", str(out), "--save-model", str(saved)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    clients, *_ = hw.load_femnist(str(tiny_femnist))
+    torch.manual_seed(3)
+    state = _state(hw.build_model("small_cnn", 62))
+    weights = np.array(SIZES) / sum(SIZES)
+    for server_round in (1, 2):
+        locals_ = []
+        for c in range(3):
+            model = hw.build_model("small_cnn", 62)
+            model.load_state_dict(state)
+            hw.train_local(model, *clients[c], batch_size=4, lr=0.1,
+                           generator=bench_flower.batch_generator(3, server_round, c))
+            locals_.append(_state(model))
+        state = {k: sum(w * s[k] for w, s in zip(weights, locals_)) for k in state}
+    final = torch.load(saved)
+    for k, v in state.items():
+        assert torch.allclose(final[k], v, atol=1e-5), k
+    summary = json.loads(out.read_text())
+    assert [row["round"] for row in summary["history"]] == [1, 2] and all("test_accuracy" in r for r in summary["history"])
+    assert summary["clients"] == 3 and summary["threads"] == 1 and summary["client_cpus"] == 1
+    assert summary["flwr_version"].startswith("1.42")
+    assert 0 < summary["rounds_time_s"] and 0 < summary["startup_s"]
+    assert summary["rounds_time_s"] + summary["startup_s"] < summary["wall_time_s"]
+
+
+def test_bench_bad_parts_is_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "pipelines" / "bench.py"), "--quick", "--parts", "handwritten,gpu",
+         "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2 and "--parts: choose from handwritten, flower, ray, dp; got gpu" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def _fedlight_has_ray_executor() -> bool:
+    proc = subprocess.run([str(REPO / ".venv" / "bin" / "fedlight"), "run", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    return all(flag in proc.stdout for flag in ("--executor", "--workers", "--worker-cpus"))
+
+
+@requires_femnist
+def test_bench_ray_part_fails_loudly_without_the_executor(tmp_path):
+    if _fedlight_has_ray_executor():
+        pytest.skip("fedlight has the Ray executor: test_bench_quick_ray runs the part")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "pipelines" / "bench.py"), "--quick", "--parts", "handwritten,ray",
+         "--data-dir", str(FEMNIST_DIR), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2 and "part ray: `fedlight run` does not take --executor" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+@requires_femnist
+def test_bench_quick_ray(tmp_path):
+    if not _fedlight_has_ray_executor():
+        pytest.skip("fedlight run has no --executor ray yet (test_bench_ray_part_fails_loudly_without_the_executor)")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "pipelines" / "bench.py"), "--quick", "--parts", "ray", "--models", "small_cnn",
+         "--ray-clients-per-round", "3", "--data-dir", str(FEMNIST_DIR), "--out", str(out)],
+        capture_output=True, text=True, timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((out / "bench.json").read_text())
+    assert result["comparison"] == [] and result["dp"] == []
+    [row] = result["ray"]
+    assert (row["model"], row["rounds"], row["clients_per_round"], row["workers"]) == ("small_cnn", 2, 3, 2)
+    assert {r["side"] for r in row["runs"]} == {"fedlight seq", "fedlight Ray"}
+    assert row["ray_startup_s"] > 0
+    assert row["ray_over_sequential_rounds"] > 0 and row["ray_over_sequential_process"] > 0
+    assert "Ray start-up (s)" in (out / "bench.md").read_text()
+
+
 @requires_femnist
 def test_bench_quick(tmp_path):
     out = tmp_path / "out"
+    parts = "handwritten,flower,dp" if FLOWER_AVAILABLE else "handwritten,dp"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "pipelines" / "bench.py"), "--quick", "--data-dir", str(FEMNIST_DIR), "--out", str(out)],
+        [sys.executable, str(REPO / "pipelines" / "bench.py"), "--quick", "--parts", parts, "--data-dir", str(FEMNIST_DIR),
+         "--out", str(out)],
         capture_output=True, text=True, timeout=1800,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((out / "bench.json").read_text())
     assert [(r["model"], r["rounds"]) for r in result["comparison"]] == [("leaf_cnn", 2), ("small_cnn", 2)]
+    sides = {"fedlight", "hand-written"} | ({"Flower"} if FLOWER_AVAILABLE else set())
     for row in result["comparison"]:
-        assert {r["side"] for r in row["runs"]} == {"fedlight", "hand-written"}
+        assert {r["side"] for r in row["runs"]} == sides
         assert all(r["process_wall_s"] > r["rounds_time_s"] > 0 and 0 <= r["accuracy"] <= 1 for r in row["runs"])
         assert row["process_ratio"] > 0 and row["rounds_ratio"] > 0 and row["cpu_count"] >= 1
+        if FLOWER_AVAILABLE:
+            assert row["fedlight_over_flower_process"] > 0 and row["flower_startup_s"] > 0
+            assert row["flower_over_handwritten_process"] > 0
     assert [r["model"] for r in result["dp"]] == ["leaf_cnn", "small_cnn"] and all(r["dp_epsilon_max"] > 0 for r in result["dp"])
-    assert result["settings"]["val_fraction"] == 0
+    assert result["settings"]["val_fraction"] == 0 and result["ray"] == []
+    assert "load average" in result["uptime_before"] and "load average" in result["uptime_after"]
     table = (out / "bench.md").read_text()
     assert "rounds-only ratio" in table and "--val-fraction 0" in table and "| LEAF CNN | 2 |" in table
+    assert ("fedlight / Flower process" in table) == FLOWER_AVAILABLE

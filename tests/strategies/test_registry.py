@@ -36,7 +36,7 @@ class _Halfway(FedAvg):
 
 def test_builtins_are_registered():
     assert BUILTIN_STRATEGIES == {"fedavg", "fedprox", "scaffold", "moon", "fedadam", "adaptive", "oracle", "median",
-                                  "trimmed_mean", "krum", "multi_krum"}
+                                  "trimmed_mean", "krum", "multi_krum", "bulyan", "centered_clipping"}
     assert set(STRATEGIES) == set(BUILTIN_STRATEGIES)
 
 

@@ -7,11 +7,8 @@ from tests.strategies.helpers import fake_module, fake_trainer, result
 
 
 def test_client_correction_and_option_two_update():
-    store = ClientStateStore()
     module = fake_module(1.0, lr=0.1)  # x = 1.0
-    callback = ScaffoldCorrection(
-        client_id=7, store=store, server_control={"w": torch.tensor([0.2])}, client_control={"w": torch.tensor([0.1])}
-    )
+    callback = ScaffoldCorrection(server_control={"w": torch.tensor([0.2])}, client_control={"w": torch.tensor([0.1])})
     callback.on_fit_start(fake_trainer(), module)
     module.model.w.grad = torch.tensor([1.0])
     callback.edit_gradients(module)
@@ -20,9 +17,9 @@ def test_client_correction_and_option_two_update():
         module.model.w.fill_(0.5)  # y_i = 0.5 after K = 5 steps
     callback.on_train_end(fake_trainer(global_step=5), module)
     # c_i+ = c_i - c + (x - y_i) / (K * lr) = 0.1 - 0.2 + 0.5 / 0.5 = 0.9 ; delta = 0.8
-    assert torch.allclose(store.get(7, "scaffold_control")["w"], torch.tensor([0.9]))
+    # the new control variate is a state update for the driver to store, not a write to the store
+    assert torch.allclose(module.report["state_updates"]["scaffold_control"]["w"], torch.tensor([0.9]))
     assert torch.allclose(module.report["control_delta"]["w"], torch.tensor([0.8]))
-    store.close()
 
 
 def test_server_update_sign_and_one_over_n():
