@@ -106,7 +106,7 @@ _FLAG_TYPES: dict[str, tuple[type, str]] = {
     "dp_accountant": (str, "privacy accountant: rdp or prv"),
     "dp_grad_sample_mode": (str, "how DP-SGD clips per-sample gradients: ghost (ghost clipping, default) or hooks"),
     "executor": (str, "where client tasks run: sequential (in process) or ray (worker actors)"),
-    "workers": (int, "Ray worker actors (default: the cluster's CPUs / --worker-cpus)"),
+    "workers": (int, "Ray worker actors (default: as many as the cluster's CPUs and GPUs hold)"),
     "worker_cpus": (float, "CPUs (and torch threads) per Ray worker"),
     "worker_gpus": (float, "GPUs per Ray worker (fractional, e.g. 0.25)"),
     "ray_address": (str, "a running Ray cluster (host:port or auto); default: a local one for the run"),

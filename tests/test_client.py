@@ -64,13 +64,10 @@ def test_client_module_trains_a_plain_module_through_forward():
 def test_a_loss_term_that_needs_the_embedding_is_refused_for_a_plain_module():
     from fedlight.callbacks import MoonContrastive
     from fedlight.errors import ConfigError
-    from fedlight.state import ClientStateStore
 
-    store = ClientStateStore()
     module = ClientModule(_Plain(), lr=0.1)
     with pytest.raises(ConfigError, match=r"MoonContrastive needs a model with embed\(x\) and head\(z\); tests.test_client._Plain"):
-        fit_client(module, _tabular_loader(), epochs=1, callbacks=[MoonContrastive(client_id=0, store=store, mu=1.0, tau=0.5)])
-    store.close()
+        fit_client(module, _tabular_loader(), epochs=1, callbacks=[MoonContrastive(mu=1.0, tau=0.5)])
 
 
 class _LogitsOnlyTerm(LossTerm):

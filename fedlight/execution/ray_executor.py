@@ -11,8 +11,8 @@ on which worker ran what.
 A worker that dies mid-task (out of memory, killed) is restarted by Ray
 and its task run again from the same inputs (``max_restarts`` /
 ``max_task_retries``): the round's result is the same as without the
-death. Hyperparameters: ``workers`` (default: the CPUs Ray sees divided by
-``worker_cpus``), ``worker_cpus`` (CPUs per worker, also its torch
+death. Hyperparameters: ``workers`` (default: as many as the cluster's
+CPUs and GPUs hold at ``worker_cpus`` and ``worker_gpus`` each), ``worker_cpus`` (CPUs per worker, also its torch
 threads; 1 by default, as one fit rarely uses more on a small model),
 ``worker_gpus`` (fractional GPUs per worker), ``address`` (a running
 cluster such as ``127.0.0.1:6379`` or ``auto``; without it a local Ray
@@ -84,11 +84,20 @@ class RayExecutor:
         cpus, gpus = available.get("CPU", 1.0), available.get("GPU", 0.0)
         if self.worker_gpus > gpus:
             raise ConfigError(f"--worker-gpus {self.worker_gpus}: the Ray cluster has {gpus:g} GPUs")
-        workers = self.workers or max(1, int(cpus // self.worker_cpus))
+        fit = int(cpus // self.worker_cpus)
+        if self.worker_gpus > 0:
+            fit = min(fit, int(gpus // self.worker_gpus))
+        workers = self.workers or max(1, fit)
+        # a worker Ray cannot place would wait for resources forever: refuse instead
         if workers * self.worker_cpus > cpus:
             raise ConfigError(
                 f"--workers {workers} x --worker-cpus {self.worker_cpus:g} needs {workers * self.worker_cpus:g} CPUs; "
                 f"the Ray cluster has {cpus:g}"
+            )
+        if workers * self.worker_gpus > gpus:
+            raise ConfigError(
+                f"--workers {workers} x --worker-gpus {self.worker_gpus:g} needs {workers * self.worker_gpus:g} GPUs; "
+                f"the Ray cluster has {gpus:g}"
             )
         trainer_ref = ray.put(trainer)
         actor = ray.remote(_Worker).options(

@@ -181,29 +181,8 @@ def test_bench_bad_parts_is_one_line(tmp_path):
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
 
 
-def _fedlight_has_ray_executor() -> bool:
-    proc = subprocess.run([str(REPO / ".venv" / "bin" / "fedlight"), "run", "--help"], capture_output=True, text=True,
-                          timeout=120)
-    return all(flag in proc.stdout for flag in ("--executor", "--workers", "--worker-cpus"))
-
-
-@requires_femnist
-def test_bench_ray_part_fails_loudly_without_the_executor(tmp_path):
-    if _fedlight_has_ray_executor():
-        pytest.skip("fedlight has the Ray executor: test_bench_quick_ray runs the part")
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "pipelines" / "bench.py"), "--quick", "--parts", "handwritten,ray",
-         "--data-dir", str(FEMNIST_DIR), "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 2 and "part ray: `fedlight run` does not take --executor" in proc.stderr
-    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
-
-
 @requires_femnist
 def test_bench_quick_ray(tmp_path):
-    if not _fedlight_has_ray_executor():
-        pytest.skip("fedlight run has no --executor ray yet (test_bench_ray_part_fails_loudly_without_the_executor)")
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, str(REPO / "pipelines" / "bench.py"), "--quick", "--parts", "ray", "--models", "small_cnn",
