@@ -24,8 +24,8 @@ fedprox                                    yes             yes                  
 scaffold                                   yes (2)         yes (2)               yes (2, 3)
 moon                                       no              yes                   no
 adaptive, every alpha rule                 yes             yes                   yes (4)
-(uniform, loss, similarity, global_loss,
-quality, label_fit)
+(uniform, loss, similarity, update_trust,
+global_loss, quality, label_fit)
 dp off                                     yes             yes                   yes
 dp sample (DP-SGD, Opacus)                 yes (5)         yes (5)               no
 dp client (DP-FedAvg, server side)         yes             yes                   yes

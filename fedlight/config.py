@@ -34,8 +34,8 @@ STRATEGY_NAMES = ("fedavg", "fedprox", "scaffold", "moon", "fedadam", "adaptive"
 # The built-in strategies that take an alpha rule (fedlight.strategies.strategy_options).
 ALPHA_RULE_STRATEGIES = ("adaptive",)
 # fedlight.strategies.trust.ALPHA_RULES, and those of its rules with compares_parties=True.
-ALPHA_RULE_NAMES = ("uniform", "loss", "similarity", "global_loss", "quality", "label_fit")
-PARTY_COMPARING_ALPHA_RULES = ("loss", "similarity", "global_loss")
+ALPHA_RULE_NAMES = ("uniform", "loss", "similarity", "update_trust", "global_loss", "quality", "label_fit")
+PARTY_COMPARING_ALPHA_RULES = ("loss", "similarity", "update_trust", "global_loss")
 # fedlight.data.sources.SOURCES.
 DATASET_NAMES = ("digits", "femnist", "crossdomain", "table", "heart_disease", "folder", "python")
 # fedlight.models.MODELS; any other model is an import path (module:Class or module.Class).

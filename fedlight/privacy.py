@@ -23,7 +23,7 @@ before training (treated as public) and t_i in [0, 1] the strategy's trust
 factor: 1 for FedAvg-style strategies, alpha_i / alpha_max for the adaptive
 aggregator (alpha is clipped to alpha_max, which is the cap). A trust factor
 must depend on the party's own data only: rules that compare a party with
-the round's others (``loss``, ``similarity``, ``global_loss``) would let one
+the round's others (``loss``, ``similarity``, ``update_trust``, ``global_loss``) would let one
 party move the others' weights, and are refused in client mode. The
 accountant composes the Poisson-subsampled Gaussian mechanism over all
 rounds at rate q, for add/remove-one-party neighbours: its RDP is Mironov,

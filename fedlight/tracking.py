@@ -13,6 +13,13 @@ What the MLflow UI shows first:
   from the address or the browser's last choice, so the address fedlight
   prints (:func:`ui_path`) asks for the model-training pages, which open on
   the runs rather than on the GenAI overview;
+- the chart view opens on the headline metrics (:data:`HEADLINE_METRICS`,
+  ``test_accuracy`` first): MLflow orders its default charts by key,
+  prefixed sections first, so ``client_val_*``, ``clients_*`` and
+  ``final_*`` would come before ``test_accuracy``. Each experiment gets a
+  shared chart view (the experiment tag MLflow's "Share" button writes,
+  :func:`headline_chart_view`) whose section keeps its order, with the other
+  metrics after the headline ones, and :func:`ui_path` opens it;
 - runs are named after what they are (:func:`default_run_name`,
   ``adaptive-quality-femnist-s0``) unless ``tracking.run_name`` says otherwise;
 - per-party series (``alpha/<client>``, ``dp_epsilon/<client>``,
@@ -57,6 +64,11 @@ DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
 PARTY_METRICS_ARTIFACT = "party_metrics.json"
+# The chart view fedlight's UI address opens: MLflow 3.17 reads a shared view from the experiment tag
+# SHARED_VIEW_TAG_PREFIX + key when the address has viewStateShareKey=key.
+HEADLINE_METRICS = ("test_accuracy", "test_loss", "test_f1", "train_loss")
+SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+CHART_VIEW_KEY = "fedlight-headline"
 # Per-party metric prefixes whose key suffix is the client id (the others name the party).
 _CLIENT_ID_KEYED = ("alpha", "dp_epsilon")
 
@@ -79,9 +91,11 @@ def ensure_experiment(client: mlflow.MlflowClient, name: str) -> str:
     or by hand) gets it; one whose kind a user has set is left alone.
     """
     experiment = client.get_experiment_by_name(name)
+    view_tag = SHARED_VIEW_TAG_PREFIX + CHART_VIEW_KEY
     if experiment is None:
         try:
-            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND,
+                                                        view_tag: headline_chart_view()})
         except MlflowException:  # another worker created it first
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
@@ -91,7 +105,29 @@ def ensure_experiment(client: mlflow.MlflowClient, name: str) -> str:
                           f"--experiment-id {experiment.experiment_id}`) or choose another --experiment")
     if EXPERIMENT_KIND_TAG not in experiment.tags:
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    if view_tag not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, view_tag, headline_chart_view())
     return experiment.experiment_id
+
+
+def headline_chart_view() -> str:
+    """The UI state of a chart view with :data:`HEADLINE_METRICS` first, as MLflow 3.17's UI stores a shared view.
+
+    One "Model metrics" section marked as reordered, so that the UI appends
+    the run's other metrics after these charts instead of sorting them in.
+    """
+    section = "fedlight-model-metrics"
+    charts = [
+        {"uuid": f"fedlight-{key}", "type": "LINE", "metricKey": key, "displayName": key, "metricSectionId": section,
+         "runsCountToCompare": 10, "deleted": False, "isGenerated": True, "lineSmoothness": 0,
+         "xAxisScaleType": "linear", "scaleType": "linear", "range": {}, "xAxisKey": "step",
+         "selectedXAxisMetricKey": "", "yAxisKey": "metric", "yAxisExpressions": [], "ignoreOutliers": False,
+         "useGlobalXaxisKey": True, "useGlobalLineSmoothing": True}
+        for key in HEADLINE_METRICS
+    ]
+    sections = [{"uuid": section, "name": "Model metrics", "display": True, "isReordered": True,
+                 "deleted": False, "isGenerated": True}]
+    return json.dumps({"compareRunCharts": charts, "compareRunSections": sections, "isAccordionReordered": False})
 
 
 def prepare_tracking_store(tracking_uri: str | None, experiments: Iterable[str]) -> None:
@@ -112,8 +148,11 @@ def ui_path(experiment_id: str) -> str:
     MLflow 3.17's UI takes the kind of page it shows (GenAI or model
     training) from ``workflowType`` in the address, else from the browser's
     last choice, GenAI at first; the experiment tag alone does not switch it.
+    The page shows the run list beside the charts, in fedlight's chart view
+    (:func:`headline_chart_view`).
     """
-    return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    return (f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&compareRunsMode=CHART&viewStateShareKey={CHART_VIEW_KEY}")
 
 
 def default_run_name(config: RunConfig) -> str:

@@ -8,8 +8,9 @@ batch 10, one local epoch, every round evaluated) on clean data; a seeded
 FedAvg, each robust rule (``byzantine_f`` = ceil(fraction x parties per
 round), the expected attackers a round rounded up; Bulyan the most that
 n >= 4f + 3 allows), the adaptive aggregator with its default, label-based
-rule (``quality``) and with its update-based one (``similarity``: the
-cosine of a party's update with the coordinate-wise median update), and the
+rule (``quality``) and with its update-based ones (``similarity``: the
+cosine of a party's update with the coordinate-wise median update;
+``update_trust``: that cosine times min(1, median norm / update norm)), and the
 oracle (FedAvg without the parties marked Byzantine; on clean data FedAvg
 itself). Writes a markdown table and a CSV: test accuracy after the last
 round and the mean of the last 10 rounds (mean and std over seeds), the
@@ -60,7 +61,8 @@ ATTACKS = {
 }
 ROBUST = ("median", "trimmed_mean", "krum", "multi_krum", "bulyan", "centered_clipping")
 # the adaptive aggregator twice: its default label-based rule, and its update-based one (cosine to the median update)
-ADAPTIVE = {"adaptive": {}, "adaptive_similarity": {"alpha_rule": "similarity"}}
+ADAPTIVE = {"adaptive": {}, "adaptive_similarity": {"alpha_rule": "similarity"},
+            "adaptive_update_trust": {"alpha_rule": "update_trust"}}
 STRATEGIES = ("fedavg", *ROBUST, *ADAPTIVE, "oracle")
 LATE_ROUNDS = 10
 # issue 20's targets: the largest shortfall (points) against clean FedAvg

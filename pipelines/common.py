@@ -115,20 +115,32 @@ def run_grid(jobs: Sequence[Job], *, results_path: Path, workers: int = 1) -> di
             experiments_by_store.setdefault(tracking.get("tracking_uri"), set()).add(tracking["experiment"])
         for uri, experiments in experiments_by_store.items():
             prepare_tracking_store(uri, experiments)
+        from fedlight.interrupts import terminate_as_interrupt
+
         failures: list[str] = []
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(_run_job, job.sections, threads): job for job in todo}
-            # record each run as it finishes, so that one failure loses no finished run
-            for future in as_completed(futures):
-                if future.cancelled():
-                    continue
-                job = futures[future]
-                try:
-                    record(job, future.result())
-                except Exception as exc:  # noqa: BLE001 - reported below with the job that failed
-                    failures.append(f"{dict(job.labels)}: {type(exc).__name__}: {exc}")
-                    for pending in futures:
-                        pending.cancel()
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+        try:
+            with terminate_as_interrupt():  # a killed pipeline stops its workers too (below), not only itself
+                futures = {pool.submit(_run_job, job.sections, threads): job for job in todo}
+                # record each run as it finishes, so that one failure loses no finished run
+                for future in as_completed(futures):
+                    if future.cancelled():
+                        continue
+                    job = futures[future]
+                    try:
+                        record(job, future.result())
+                    except Exception as exc:  # noqa: BLE001 - reported below with the job that failed
+                        failures.append(f"{dict(job.labels)}: {type(exc).__name__}: {exc}")
+                        for pending in futures:
+                            pending.cancel()
+        except BaseException:
+            # Ctrl-C or SIGTERM: SIGTERM each worker (its MLflow run ends KILLED) rather than wait for its run
+            # to finish unrecorded, as leaving the pool's block would; Python 3.11 has no public call for it
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         if failures:
             raise FedlightError(f"{len(failures)} run(s) failed, finished runs are kept in {results_path}: {failures[0]}")
     return {job.key: done[job.key] for job in jobs}

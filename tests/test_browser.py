@@ -1,4 +1,4 @@
-"""The MLflow UI of a real tracking server, in headless Chromium, shows fedlight's runs and a test_accuracy chart.
+"""The MLflow UI of a real tracking server, in headless Chromium, shows fedlight's runs and test_accuracy's chart first.
 
 Playwright drives the system's Chromium (no browser download). Skipped
 without Chromium (Debian: ``apt-get install chromium``; ``.ci/run`` installs
@@ -12,6 +12,8 @@ import shutil
 
 import pytest
 from mlflow import MlflowClient
+
+from fedlight.tracking import ui_path
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 pytestmark = [
@@ -39,11 +41,14 @@ def test_the_ui_lists_fedlights_runs_and_charts_test_accuracy(served_run):
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 1000})
             page.set_default_timeout(WAIT_MS)
-            # the experiment's runs beside their charts, in the UI's model-training view (a new browser starts in GenAI)
-            page.goto(f"{served_run.server.uri}/#/experiments/{experiment.experiment_id}/runs"
-                      "?compareRunsMode=CHART&workflowType=machine_learning")
+            # the address fedlight prints: the runs beside their charts, in the model-training pages (a new
+            # browser starts in GenAI), in fedlight's chart view
+            page.goto(f"{served_run.server.uri}/{ui_path(experiment.experiment_id)}")
             for name in names:  # the run list
                 page.get_by_role("link", name=name, exact=True).first.wait_for()
+            page.get_by_text("You're viewing a shared view", exact=False).first.wait_for()  # the view is loaded
+            page.locator("h4[title]").first.wait_for()
+            assert page.locator("h4[title]").first.get_attribute("title") == "test_accuracy"  # the first chart
             page.get_by_placeholder("Search metric charts").fill("test_accuracy")
             page.locator('h4[title="test_accuracy"]').wait_for()
             for name in names:  # the chart's legend: it plots every run

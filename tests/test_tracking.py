@@ -9,7 +9,9 @@ from fedlight.cli import main
 from fedlight.config import build_config
 from fedlight.experiment import load_federated_data, run_experiment
 from fedlight.tracking import (
+    CHART_VIEW_KEY,
     EXPERIMENT_KIND_TAG,
+    HEADLINE_METRICS,
     MODEL_TRAINING_KIND,
     PARTY_METRICS_ARTIFACT,
     MlflowRun,
@@ -78,6 +80,12 @@ def test_run_opens_on_runs_with_headline_metrics_table_and_dataset(tmp_path, tra
     run = client.get_run(summary["run_id"])
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+    # the chart view the printed address opens: the headline charts first, in a section that keeps its order
+    view = json.loads(experiment.tags[f"mlflow.sharedViewState.{CHART_VIEW_KEY}"])
+    assert [chart["metricKey"] for chart in view["compareRunCharts"]] == list(HEADLINE_METRICS)
+    assert HEADLINE_METRICS[0] == "test_accuracy" and set(HEADLINE_METRICS) <= set(run.data.metrics)
+    assert [section["isReordered"] for section in view["compareRunSections"]] == [True]
+    assert f"viewStateShareKey={CHART_VIEW_KEY}" in summary["ui_path"]
     assert summary["experiment_id"] == experiment.experiment_id
     assert run.info.run_name == summary["run_name"] == "adaptive-quality-digits-s0"
     assert {k: run.data.tags[k] for k in ("strategy", "alpha_rule", "dataset", "seed", "dp_mode")} == {
@@ -146,7 +154,8 @@ def test_cli_run_name_and_party_metric_keys_on_an_older_experiment(tmp_path, tra
     assert run.info.experiment_id == old and run.info.run_name == "my-run"
     # the UI's address opens the run list in model-training mode (MLflow 3.17 defaults to its GenAI pages)
     assert f"http://127.0.0.1:5000/#/experiments/{old}/runs?workflowType=machine_learning" in capsys.readouterr().out
-    assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+    tags = client.get_experiment(old).tags
+    assert tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND and f"mlflow.sharedViewState.{CHART_VIEW_KEY}" in tags
     assert [k for k in run.data.metrics if k.startswith("alpha/")] and "alpha_mean" in run.data.metrics
     assert PARTY_METRICS_ARTIFACT in {a.path for a in client.list_artifacts(run.info.run_id)}
 

@@ -87,6 +87,24 @@ def median_cosine_scores(updates: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.nn.functional.cosine_similarity(updates, reference.unsqueeze(0), dim=1), min=0.0)
 
 
+def median_trust_scores(updates: torch.Tensor) -> torch.Tensor:
+    """max(0, cos(u_i, m)) * min(1, ||m|| / ||u_i||), with m the coordinate-wise median of the updates u_i.
+
+    FLTrust's trust score and norm bound (Cao et al., "FLTrust: Byzantine-robust
+    Federated Learning via Trust Bootstrapping", NDSS 2021) as one weight, with
+    the round's median update as the reference in place of FLTrust's server
+    data set. The cosine alone lets a party with a huge update in almost any
+    direction (Gaussian noise, an update scaled x10) keep a weight that its
+    norm multiplies; the norm factor caps what weight x norm a party adds to
+    the median's norm times its cosine.
+    """
+    reference = updates.median(dim=0).values
+    cosine = torch.clamp(torch.nn.functional.cosine_similarity(updates, reference.unsqueeze(0), dim=1), min=0.0)
+    norms = updates.norm(dim=1)
+    bound = torch.where(norms > 0, reference.norm() / norms.clamp_min(1e-30), torch.ones_like(norms))
+    return cosine * torch.clamp(bound, max=1.0)
+
+
 def ema_alpha(alpha: torch.Tensor, score: torch.Tensor, momentum: float, alpha_min: float, alpha_max: float) -> torch.Tensor:
     """alpha <- clip((1 - m) * alpha + m * s, alpha_min, alpha_max)."""
     return torch.clamp((1.0 - momentum) * alpha + momentum * score, alpha_min, alpha_max)
@@ -106,10 +124,18 @@ def _validation_loss(results: Sequence[ClientResult], global_params: Params, tem
     return relative_loss_scores(losses, temperature)
 
 
-def _similarity(results: Sequence[ClientResult], global_params: Params, temperature: float, tolerance: float) -> torch.Tensor:
+def _updates(results: Sequence[ClientResult], global_params: Params) -> torch.Tensor:
+    """The round's updates theta_i - theta_global, one flattened row per result."""
     keys = [k for k, v in global_params.items() if torch.is_floating_point(v)]
-    updates = torch.stack([flatten({k: r.params[k] - global_params[k] for k in keys}) for r in results])
-    return median_cosine_scores(updates).double()
+    return torch.stack([flatten({k: r.params[k] - global_params[k] for k in keys}) for r in results])
+
+
+def _similarity(results: Sequence[ClientResult], global_params: Params, temperature: float, tolerance: float) -> torch.Tensor:
+    return median_cosine_scores(_updates(results, global_params)).double()
+
+
+def _update_trust(results: Sequence[ClientResult], global_params: Params, temperature: float, tolerance: float) -> torch.Tensor:
+    return median_trust_scores(_updates(results, global_params)).double()
 
 
 def _reported(results: Sequence[ClientResult], key: str) -> torch.Tensor:
@@ -158,6 +184,8 @@ ALPHA_RULES: dict[str, AlphaRule] = {
         AlphaRule("uniform", _uniform, doc="s_i = 1 (reduces to FedAvg)"),
         AlphaRule("loss", _validation_loss, compares_parties=True, doc="local validation loss after training, relative to the round's lowest"),
         AlphaRule("similarity", _similarity, compares_parties=True, doc="cosine of the update with the coordinate-wise median update, floored at 0"),
+        AlphaRule("update_trust", _update_trust, compares_parties=True,
+                  doc="cosine with the median update floored at 0, times min(1, median's norm / the update's norm) (FLTrust)"),
         AlphaRule("global_loss", _global_loss, needs_pre_train_loss=True, compares_parties=True,
                   doc="global model's loss on the party's data before training, relative to the round's median, with a tolerance"),
         AlphaRule("quality", _quality, needs_pre_train_loss=True,

@@ -53,3 +53,50 @@ def test_a_recorded_run_runs_again_only_when_its_resolved_config_changed(tmp_pat
     del legacy["config"]
     results.write_text(json.dumps(legacy) + "\n")
     assert len(run_ids(changed_job)) == 2
+
+
+def test_a_terminated_grid_stops_its_workers_and_their_runs_end_killed(tmp_path):
+    import os
+    import pickle
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import common
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    jobs = [_job(f"long-{seed}", uri, seed=seed, rounds=1000) for seed in range(2)]
+    script = tmp_path / "grid.py"
+    (tmp_path / "jobs.pkl").write_bytes(pickle.dumps(jobs))
+    script = tmp_path / "grid.py"
+    script.write_text(  # as a pipeline runs it: a main module that spawned workers import again
+        "import pickle, sys\n"
+        "from pathlib import Path\n"
+        f"sys.path.insert(0, {str(Path(common.__file__).parent)!r})\n"
+        "from common import run_grid\n"
+        "if __name__ == '__main__':\n"
+        f"    run_grid(pickle.loads(Path({str(tmp_path / 'jobs.pkl')!r}).read_bytes()),\n"
+        f"             results_path=Path({str(tmp_path / 'runs.jsonl')!r}), workers=2)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = mlflow.MlflowClient(uri)
+
+    def runs():
+        experiment = client.get_experiment_by_name("grid") if (tmp_path / "mlflow.db").exists() else None
+        return client.search_runs([experiment.experiment_id]) if experiment else []
+
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        started = runs()
+        if len(started) == 2 and all(client.get_metric_history(r.info.run_id, "test_accuracy") for r in started):
+            break  # both workers are training
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0, stderr
+    # the workers were stopped with the pipeline: their runs ended KILLED, not FINISHED later or left RUNNING
+    assert sorted(r.info.status for r in runs()) == ["KILLED", "KILLED"], stderr
+    assert not (tmp_path / "runs.jsonl").exists() or not (tmp_path / "runs.jsonl").read_text().strip()

@@ -9,6 +9,7 @@ from fedlight.strategies.trust import (
     label_fit_scores,
     label_surprise_scores,
     median_cosine_scores,
+    median_trust_scores,
     relative_loss_scores,
 )
 
@@ -58,6 +59,22 @@ def test_median_cosine_scores_floor_at_zero():
     assert torch.allclose(scores, torch.tensor([1.0, 1.0, 0.0]))
 
 
+def test_median_trust_scores_bound_the_norm():
+    updates = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 4.0], [-1.0, 0.0], [20.0, 0.0]])
+    # coordinate-wise median [2, 0], norm 2. Cosines 1, 1, 3/5, -1 -> 0, 1;
+    # norm factors min(1, 2/1) = 1, 2/2 = 1, 2/5, 2/1 -> 1, 2/20.
+    scores = median_trust_scores(updates)
+    assert torch.allclose(scores, torch.tensor([1.0, 1.0, 0.6 * 0.4, 0.0, 0.1]))
+    # a party scaled x10 adds what the median adds: weight x norm 0.1 x 20 = 2
+    assert torch.isclose(scores[4] * updates[4].norm(), updates[1].norm())
+
+
+def test_median_trust_scores_zero_update_keeps_its_cosine():
+    updates = torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]])
+    # a zero row has cosine 0 (torch's eps-guarded cosine) and no norm to bound
+    assert torch.allclose(median_trust_scores(updates), torch.tensor([0.0, 1.0, 1.0]))
+
+
 def test_ema_and_clip():
     alpha = ema_alpha(torch.tensor([1.0, 1.0]), torch.tensor([0.0, 1.0]), momentum=0.8, alpha_min=0.1, alpha_max=1.0)
     assert torch.allclose(alpha, torch.tensor([0.2, 1.0]))
@@ -65,5 +82,5 @@ def test_ema_and_clip():
 
 
 def test_rules_registered():
-    assert set(ALPHA_RULES) == {"uniform", "loss", "similarity", "global_loss", "quality", "label_fit"}
+    assert set(ALPHA_RULES) == {"uniform", "loss", "similarity", "update_trust", "global_loss", "quality", "label_fit"}
     assert all(ALPHA_RULES[name].needs_pre_train_loss for name in ("global_loss", "quality", "label_fit"))
