@@ -68,6 +68,7 @@ class RayExecutor:
         self.startup_s = 0.0
         self._actors: list[Any] = []
         self._started_ray = False
+        self._trainer_ref: Any = None
 
     def start(self, trainer: ClientTrainer) -> None:
         import ray
@@ -99,7 +100,8 @@ class RayExecutor:
                 f"--workers {workers} x --worker-gpus {self.worker_gpus:g} needs {workers * self.worker_gpus:g} GPUs; "
                 f"the Ray cluster has {gpus:g}"
             )
-        trainer_ref = ray.put(trainer)
+        # kept for the run: a restarted actor's constructor reads it again, and Ray frees an object with no reference
+        self._trainer_ref = trainer_ref = ray.put(trainer)
         actor = ray.remote(_Worker).options(
             num_cpus=self.worker_cpus, num_gpus=self.worker_gpus,
             max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS,
@@ -145,6 +147,7 @@ class RayExecutor:
         for actor in self._actors:
             ray.kill(actor)
         self._actors = []
+        self._trainer_ref = None
         if self._started_ray and ray.is_initialized():
             ray.shutdown()
         self._started_ray = False
