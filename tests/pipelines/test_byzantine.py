@@ -33,9 +33,9 @@ def test_the_grid_covers_every_attack_and_strategy_once():
     assert clean.sections["faults"] == {} and clean.sections["training"]["momentum"] == 0.5
     similarity = next(j for j in jobs if dict(j.labels)["strategy"] == "adaptive_similarity")
     assert similarity.sections["strategy"] == {"name": "adaptive", "alpha_rule": "similarity"}
-    # two fractions: the clean runs whose f does not change are shared (fedavg, both adaptive; bulyan's f is 1 for both)
+    # two fractions: the clean runs whose f does not change are shared (fedavg, the three adaptive rules; bulyan's f is 1 for both)
     two = byzantine.build_jobs(_args("--fractions", "0.1", "0.3"))
-    assert len(two) == 2 * len(jobs) - 4
+    assert len(two) == 2 * len(jobs) - 5
 
 
 def test_summary_reports_best_rules_against_the_targets():
