@@ -15,16 +15,19 @@ reach the federated model and the report for the server through
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback
+from lightning.pytorch.trainer.connectors import callback_connector as _callback_connector
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -39,9 +42,39 @@ def _quiet_lightning() -> None:
 
     Called before each Trainer, not once: importing ``pytorch_lightning``
     (mlflow.pytorch does, when a model is logged) resets its logger to INFO.
+    A level already set is left alone: ``setLevel`` clears the cache of
+    every logger in the process, about 1 ms with MLflow's loggers loaded.
     """
     for name in _LIGHTNING_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logger = logging.getLogger(name)
+        if logger.level != logging.WARNING:
+            logger.setLevel(logging.WARNING)
+
+
+@functools.cache
+def _callback_factories(group: str) -> tuple[Any, ...]:
+    """The entry points of ``group``, looked up once per process."""
+    return tuple(entry_points(group=group))
+
+
+def _load_external_callbacks(group: str) -> list[Any]:
+    """Lightning's external callbacks (entry-point factories), with the entry points looked up once.
+
+    Lightning's own ``_load_external_callbacks`` scans every installed
+    distribution's metadata at each ``Trainer()`` (about 4 ms of the 4.4 ms
+    a client Trainer takes to build here); the installed distributions do
+    not change during a run, so the lookup is cached. Each factory is still
+    called for each Trainer, so every Trainer gets its own callbacks.
+    """
+    callbacks: list[Any] = []
+    for factory in _callback_factories(group):
+        made = factory.load()()
+        callbacks.extend(made if isinstance(made, list) else [made])
+    return callbacks
+
+
+if hasattr(_callback_connector, "_load_external_callbacks"):
+    _callback_connector._load_external_callbacks = _load_external_callbacks
 
 
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")

@@ -155,3 +155,41 @@ def test_gradient_edits_run_once_per_step_for_a_client_module():
     module = ClientModule(_Plain(), lr=0.1)
     fit_client(module, _tabular_loader(), epochs=1, callbacks=[edit])
     assert edit.modules == [module, module]
+
+
+class _Marker(Callback):
+    pass
+
+
+class _FakeEntryPoint:
+    name = "fake"
+
+    def __init__(self):
+        self.loads = 0
+
+    def load(self):
+        self.loads += 1
+        return lambda: _Marker()
+
+
+def test_external_callback_factories_are_looked_up_once_and_called_for_every_trainer(monkeypatch):
+    import fedlight.client as client
+
+    point, lookups = _FakeEntryPoint(), []
+
+    def fake_entry_points(*, group):
+        lookups.append(group)
+        return [point]
+
+    monkeypatch.setattr(client, "entry_points", fake_entry_points)
+    client._callback_factories.cache_clear()
+    try:
+        trainers = [L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                              enable_model_summary=False) for _ in range(3)]
+    finally:
+        client._callback_factories.cache_clear()
+    markers = [[cb for cb in t.callbacks if isinstance(cb, _Marker)] for t in trainers]
+    assert [len(m) for m in markers] == [1, 1, 1]
+    assert len({id(m[0]) for m in markers}) == 3  # each Trainer its own callback
+    assert lookups == ["lightning.pytorch.callbacks_factory"]
+    assert point.loads == 3

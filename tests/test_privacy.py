@@ -306,6 +306,35 @@ def test_in_place_noise_optimizer_takes_opacus_step(noise):
         assert torch.allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_large_parameters_draw_their_noise_in_chunks_independent_of_the_thread_count(monkeypatch, threads):
+    """Above NOISE_CHUNK entries a parameter's noise comes from one generator per chunk; the thread count changes nothing."""
+    import fedlight.privacy as privacy
+
+    def steps(chunk):
+        monkeypatch.setattr(privacy, "NOISE_CHUNK", chunk)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return _two_dp_steps(privacy.InPlaceNoiseOptimizer, 1.0)
+        finally:
+            torch.set_num_threads(previous)
+
+    chunked = steps(64)
+    assert [torch.equal(a, b) for a, b in zip(chunked, steps(64))] == [True] * len(chunked)
+    whole = steps(1 << 30)  # no parameter is chunked: every draw from the optimizer's generator
+    sizes = [p.numel() for p in whole]
+    assert any(n > 64 for n in sizes) and any(n <= 64 for n in sizes)
+    # the chunked run draws other noise, of the same scale, without reusing one chunk's stream for the next
+    assert not all(torch.equal(a, b) for a, b in zip(chunked, whole))
+    initial = _two_dp_steps(privacy.InPlaceNoiseOptimizer, 0.0)
+    noise = torch.cat([(a - b).flatten() for a, b in zip(chunked, initial) if a.numel() > 64])
+    reference = torch.cat([(a - b).flatten() for a, b in zip(whole, initial) if a.numel() > 64])
+    assert float(noise.std()) == pytest.approx(float(reference.std()), rel=0.05)
+    blocks = noise[: noise.numel() // 64 * 64].view(-1, 64)
+    assert not any(torch.equal(blocks[i], blocks[i + 1]) for i in range(len(blocks) - 1))
+
+
 def test_ghost_mode_fits_with_the_in_place_noise_optimizer(tiny_data):
     from fedlight.privacy import InPlaceNoiseOptimizer
 

