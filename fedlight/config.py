@@ -132,6 +132,7 @@ class StrategyConfig:
     bucket_size: int = 2
     clip_tau: float | None = None
     clip_iterations: int = 1
+    clip_tau_growth: float = 2.0
 
     def options(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
@@ -296,6 +297,7 @@ CLI_FIELDS: dict[str, tuple[str, str]] = {
     "bucket_size": ("strategy", "bucket_size"),
     "clip_tau": ("strategy", "clip_tau"),
     "clip_iterations": ("strategy", "clip_iterations"),
+    "clip_tau_growth": ("strategy", "clip_tau_growth"),
     "executor": ("execution", "executor"),
     "workers": ("execution", "workers"),
     "worker_cpus": ("execution", "worker_cpus"),
@@ -514,6 +516,8 @@ def validate(config: RunConfig) -> None:
     _require(st.bucket_size > 0, f"--bucket-size must be positive, got {st.bucket_size}")
     _require(st.clip_tau is None or (st.clip_tau > 0 and math.isfinite(st.clip_tau)), f"--clip-tau must be positive, got {st.clip_tau}")
     _require(st.clip_iterations > 0, f"--clip-iterations must be positive, got {st.clip_iterations}")
+    _require(st.clip_tau_growth >= 1 and math.isfinite(st.clip_tau_growth),
+             f"--clip-tau-growth must be at least 1, got {st.clip_tau_growth}")
     # a round that falls short (failures, stragglers) lowers f instead (fedlight.strategies.bulyan)
     _require(st.name != "bulyan" or t.clients_per_round >= 4 * st.byzantine_f + 3,
              f"bulyan needs --clients-per-round >= 4 * --byzantine-f + 3 = {4 * st.byzantine_f + 3}, "

@@ -437,7 +437,7 @@ class MlflowRun:
         example_np = example.numpy().astype(np.float32)
         with torch.no_grad():
             output = model(example).numpy()
-        with _requirements_taken_as_given():
+        with _without_log_time_checks():
             info = mlflow.pytorch.log_model(
                 model,
                 name="model",
@@ -451,24 +451,29 @@ class MlflowRun:
 
 
 @contextmanager
-def _requirements_taken_as_given() -> Iterator[None]:
-    """Skip MLflow's check of the given requirements against this environment while a model is logged.
+def _without_log_time_checks() -> Iterator[None]:
+    """Skip two checks MLflow runs while a model is logged; each only ever logs a warning.
 
-    The requirements are read from this environment (:func:`model_requirements`),
-    so the check (it maps every installed distribution to its modules first,
-    0.4 s) cannot find a mismatch.
+    * The given requirements against this environment: they are read from
+      it (:func:`model_requirements`), so there is no mismatch to find, and
+      the check first maps every installed distribution to its modules (0.4 s).
+    * Loading the logged model back through pyfunc to predict on the input
+      example (1 s for the LEAF CNN): ``tests/test_cli.py`` loads a logged
+      model and serves it through pyfunc instead.
     """
+    from mlflow.models import utils as model_utils
     from mlflow.utils import environment
 
-    check = getattr(environment, "warn_dependency_requirement_mismatches", None)
-    if check is None:
-        yield
-        return
-    environment.warn_dependency_requirement_mismatches = lambda requirements: None
+    patched = [(module, name) for module, name in ((environment, "warn_dependency_requirement_mismatches"),
+                                                   (model_utils, "_validate_serving_input")) if hasattr(module, name)]
+    saved = [getattr(module, name) for module, name in patched]
+    for module, name in patched:
+        setattr(module, name, lambda *args, **kwargs: None)
     try:
         yield
     finally:
-        environment.warn_dependency_requirement_mismatches = check
+        for (module, name), original in zip(patched, saved):
+            setattr(module, name, original)
 
 
 def model_requirements() -> list[str]:

@@ -118,3 +118,17 @@ def test_build_round_faults_from_config():
     again = build_round_faults(FaultsConfig(), num_clients=10, seed=0)
     again.load_state_dict(built.state_dict())
     assert again.failure_log == built.failure_log
+
+
+def test_all_finite_catches_nan_and_inf_and_keeps_finite_values_whose_sum_overflows():
+    from fedlight.faults import all_finite
+
+    big = torch.full((4,), torch.finfo(torch.float32).max)
+    assert not bool(torch.isfinite(big.sum()))  # the sum overflows, the entries are finite
+    assert all_finite(big) and all_finite(torch.zeros(0)) and all_finite(torch.randn(3, 3))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = torch.randn(5)
+        x[2] = bad
+        assert not all_finite(x)
+    both = torch.tensor([float("inf"), -float("inf")])  # a NaN sum
+    assert not all_finite(both)

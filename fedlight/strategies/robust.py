@@ -115,6 +115,23 @@ def centered_clipping(rows: torch.Tensor, center: torch.Tensor, tau: float | Non
     return v
 
 
+def clipping_radius(distances: torch.Tensor, f: int) -> float:
+    """The median of the n - f smallest distances (f of them may be Byzantine; 0 <= f < n).
+
+    With up to f Byzantine parties and n - f >= 2 honest, the (n - f) / 2
+    smallest distances are the honest parties' or below them: a radius the
+    honest majority sets even in a round that samples more attackers than
+    half of n, as long as they are fewer than n - f halves.
+    """
+    n = distances.numel()
+    if not 0 <= f < n:
+        raise ValueError(f"a clipping radius from {n} distances cannot leave out {f}")
+    smallest = distances.flatten().sort().values[: n - f]
+    m = smallest.numel()
+    middle = smallest[m // 2] if m % 2 else (smallest[m // 2 - 1] + smallest[m // 2]) / 2
+    return float(middle)
+
+
 def nearest_neighbour_mixing(rows: torch.Tensor, f: int) -> torch.Tensor:
     """NNM (Allouah et al., "Fixing by Mixing", AISTATS 2023): each row becomes the mean of its
     n - f nearest rows, itself included (ties: lower index)."""

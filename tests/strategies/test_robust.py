@@ -9,6 +9,7 @@ from fedlight.strategies.robust import (
     bucketing,
     bulyan,
     centered_clipping,
+    clipping_radius,
     coordinate_median,
     krum_scores,
     largest_f,
@@ -148,6 +149,36 @@ def test_centered_clipping_strategy_centres_on_the_previous_aggregate_and_checkp
     updates = torch.tensor([[0.0, 8 / 3], [0.0, 8 / 3], [20.0, 8 / 3]])
     new = restored.aggregate(2, glob, [result(i, {"w": 1 + u}) for i, u in enumerate(updates)], [])
     assert torch.allclose(new["w"], torch.tensor([1 + 5 / 3, 1 + 8 / 3]))
+
+
+def test_clipping_radius_is_the_median_of_the_n_minus_f_smallest_distances():
+    distances = torch.tensor([5.0, 1.0, 100.0, 3.0, 200.0])
+    assert clipping_radius(distances, 0) == 5.0  # 1, 3, 5, 100, 200
+    assert clipping_radius(distances, 1) == 4.0  # 1, 3, 5, 100: (3 + 5) / 2
+    assert clipping_radius(distances, 2) == 3.0  # 1, 3, 5
+    # 3 far attackers of 6 (f = 2 expected): the plain median, (3 + 50) / 2, would be set by an attacker
+    assert clipping_radius(torch.tensor([1.0, 2.0, 3.0, 50.0, 60.0, 70.0]), 2) == 2.5
+    with pytest.raises(ValueError):
+        clipping_radius(distances, 5)
+
+
+def test_centered_clipping_default_radius_grows_at_most_by_the_growth_factor():
+    strategy = build_strategy("centered_clipping", {"byzantine_f": 0, "clip_tau_growth": 2.0})
+    glob = {"w": torch.zeros(1)}
+    # round 1: distances 1, 2, 3 from the zero centre: radius 2, so 3 is clipped to 2: mean (1 + 2 + 2) / 3
+    new = strategy.aggregate(1, glob, [result(i, {"w": torch.tensor([v])}) for i, v in enumerate([1.0, 2.0, 3.0])], [])
+    assert new["w"].item() == pytest.approx(5 / 3)
+    assert strategy.round_metrics()["clip_tau"] == 2.0
+    # round 2, centre 5/3: a Byzantine majority 100 away would set the median radius near 100; the cap is 2 x 2
+    updates = [5 / 3, 5 / 3 + 100, 5 / 3 + 100]
+    new = strategy.aggregate(2, glob, [result(i, {"w": torch.tensor([v])}) for i, v in enumerate(updates)], [])
+    assert strategy.round_metrics()["clip_tau"] == pytest.approx(4.0)
+    assert new["w"].item() == pytest.approx(5 / 3 + 8 / 3)  # (0 + 4 + 4) / 3 from the centre
+    restored = build_strategy("centered_clipping", {"byzantine_f": 0})
+    restored.load_state_dict(strategy.state_dict())
+    assert restored.previous_tau == pytest.approx(4.0)
+    with pytest.raises(Exception, match="clip_tau_growth"):
+        build_strategy("centered_clipping", {"clip_tau_growth": 0.5})
 
 
 def test_nearest_neighbour_mixing_hand_computed():
