@@ -72,6 +72,7 @@ SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 CHART_VIEW_KEY = "fedlight-headline"
 # Per-party metric prefixes whose key suffix is the client id (the others name the party).
 _CLIENT_ID_KEYED = ("alpha", "dp_epsilon")
+DATASET_LOG_ATTEMPTS = 3
 
 # MLflow warns about pip version inference and similar on every model log.
 logging.getLogger("mlflow").setLevel(logging.ERROR)
@@ -406,7 +407,16 @@ class MlflowRun:
         self._party_rows = []
 
     def log_dataset(self, dataset: MetaDataset, context: str = "training") -> None:
-        mlflow.log_input(dataset, context=context)
+        """Log the run's input; runs that log one new dataset at once (parallel pipeline workers or sweep
+        trials on one store) race on MLflow's unique (experiment, name, digest) row, and the loser retries:
+        the row it lost to is the same dataset, and the retry links the run to it."""
+        for attempt in range(DATASET_LOG_ATTEMPTS):
+            try:
+                mlflow.log_input(dataset, context=context)
+                return
+            except MlflowException as error:
+                if "unique" not in str(error).lower() or attempt == DATASET_LOG_ATTEMPTS - 1:
+                    raise
 
     def log_dict(self, data: Any, path: str) -> None:
         mlflow.log_dict(data, path)

@@ -167,3 +167,55 @@ def test_a_kind_a_user_chose_is_kept_and_empty_run_name_refused(tracking_uri, ca
     assert client.get_experiment(chosen).tags[EXPERIMENT_KIND_TAG] == "genai_development"
     assert main(["run", "--run-name", " ", "--tracking-uri", tracking_uri]) == 2
     assert "--run-name must not be empty" in capsys.readouterr().err
+
+
+def test_a_run_that_loses_the_dataset_insert_race_links_the_dataset_the_winner_wrote(tracking_uri, monkeypatch):
+    """Two runs logging one new dataset at once: both find no row, the second insert breaks the unique key."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from sqlalchemy.orm import Query
+
+    dataset = MetaDataset(HTTPDatasetSource("https://example.org/parties"), name="parties", digest="abcd1234")
+    with MlflowRun(tracking_uri=tracking_uri, experiment="race") as winner:
+        winner.log_dataset(dataset)
+
+    real_impl, real_all = SqlAlchemyStore._log_inputs_impl, Query.all
+    calls = []
+
+    def stale_first_lookup(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:  # the lookup ran before the winner's row was committed: it sees no dataset
+            monkeypatch.setattr(Query, "all", lambda query: [])
+            try:
+                return real_impl(self, *args, **kwargs)
+            finally:
+                monkeypatch.setattr(Query, "all", real_all)
+        return real_impl(self, *args, **kwargs)
+
+    monkeypatch.setattr(SqlAlchemyStore, "_log_inputs_impl", stale_first_lookup)
+    with MlflowRun(tracking_uri=tracking_uri, experiment="race") as loser:
+        loser.log_dataset(dataset)
+    assert len(calls) == 2  # the first insert failed on the unique key, the retry linked the row
+    client = mlflow.MlflowClient(tracking_uri)
+    [winner_input] = client.get_run(winner.run_id).inputs.dataset_inputs
+    [loser_input] = client.get_run(loser.run_id).inputs.dataset_inputs
+    assert loser_input.dataset.digest == winner_input.dataset.digest == "abcd1234"
+    assert client.get_run(loser.run_id).info.status == "FINISHED"
+
+
+def test_dataset_errors_other_than_the_race_are_not_retried(tracking_uri, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise MlflowException("disk I/O error")
+
+    monkeypatch.setattr(mlflow, "log_input", broken)
+    with pytest.raises(MlflowException, match="disk I/O"):
+        with MlflowRun(tracking_uri=tracking_uri, experiment="race") as run:
+            run.log_dataset(object())
+    assert len(calls) == 1
+    assert mlflow.MlflowClient(tracking_uri).get_run(run.run_id).info.status == "FAILED"
