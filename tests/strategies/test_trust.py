@@ -9,6 +9,7 @@ from fedlight.strategies.trust import (
     label_fit_scores,
     label_surprise_scores,
     median_cosine_scores,
+    majority_core,
     median_trust_scores,
     relative_loss_scores,
 )
@@ -59,14 +60,32 @@ def test_median_cosine_scores_floor_at_zero():
     assert torch.allclose(scores, torch.tensor([1.0, 1.0, 0.0]))
 
 
+FIVE_UPDATES = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 4.0], [-1.0, 0.0], [20.0, 0.0]])
+
+
+def test_majority_core_hand_computed():
+    # distances: ab 1, ad 2, bd 3, bc sqrt(17) = 4.12, ac sqrt(20) = 4.47, cd sqrt(32), ce sqrt(305), be 18, ae 19, de 21;
+    # sums over the n // 2 = 2 nearest: a 1 + 2 = 3, b 1 + 3 = 4, c 4.12 + 4.47, d 2 + 3 = 5, e 17.46 + 18: keep 3
+    assert majority_core(FIVE_UPDATES).tolist() == [0, 1, 3]
+    assert majority_core(FIVE_UPDATES[:2]).tolist() == [0, 1]
+
+
 def test_median_trust_scores_bound_the_norm():
-    updates = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 4.0], [-1.0, 0.0], [20.0, 0.0]])
-    # coordinate-wise median [2, 0], norm 2. Cosines 1, 1, 3/5, -1 -> 0, 1;
-    # norm factors min(1, 2/1) = 1, 2/2 = 1, 2/5, 2/1 -> 1, 2/20.
-    scores = median_trust_scores(updates)
-    assert torch.allclose(scores, torch.tensor([1.0, 1.0, 0.6 * 0.4, 0.0, 0.1]))
-    # a party scaled x10 adds what the median adds: weight x norm 0.1 x 20 = 2
-    assert torch.isclose(scores[4] * updates[4].norm(), updates[1].norm())
+    # the core's coordinate-wise median: median of [1, 2, -1] and of [0, 0, 0], [1, 0], norm 1.
+    # Cosines 1, 1, 3/5, -1 -> 0, 1; norm factors min(1, 1/1) = 1, 1/2, 1/5, 1/1, 1/20.
+    scores = median_trust_scores(FIVE_UPDATES)
+    assert torch.allclose(scores, torch.tensor([1.0, 0.5, 0.6 * 0.2, 0.0, 0.05]))
+    # a party scaled x20 adds what the reference adds: weight x norm 0.05 x 20 = 1
+    assert torch.isclose(scores[4] * FIVE_UPDATES[4].norm(), FIVE_UPDATES[0].norm())
+
+
+def test_median_trust_scores_hold_when_half_the_round_attacks():
+    updates = torch.tensor([[1.0, 0.0], [1.0, 0.0], [-9.0, -9.0], [-10.0, -10.0]])
+    # the plain (lower) median of the four is [-9, -9], an attacker's update, which would trust the attackers.
+    # Sums over the 2 nearest: honest 0 + sqrt(181) = 13.45 each, [-9, -9] sqrt(2) + 13.45, [-10, -10] sqrt(2) + sqrt(221):
+    # the core is both honest rows and [-9, -9]; its median [1, 0]; the attackers' cosines are negative.
+    assert majority_core(updates).tolist() == [0, 1, 2]
+    assert torch.allclose(median_trust_scores(updates), torch.tensor([1.0, 1.0, 0.0, 0.0]))
 
 
 def test_median_trust_scores_zero_update_keeps_its_cosine():
