@@ -15,6 +15,7 @@ import torch
 
 from fedlight.strategies.aggregation import flatten
 from fedlight.strategies.base import ClientResult, Params
+from fedlight.strategies.robust import coordinate_median
 
 
 def _excess_scores(excess: torch.Tensor, temperature: float, tolerance: float) -> torch.Tensor:
@@ -87,24 +88,28 @@ def median_cosine_scores(updates: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.nn.functional.cosine_similarity(updates, reference.unsqueeze(0), dim=1), min=0.0)
 
 
-def majority_core(updates: torch.Tensor) -> torch.Tensor:
-    """Indices of the n // 2 + 1 rows with the smallest sum of distances to their n // 2 nearest other rows.
+# Rows above this multiple of the lower median norm stay out of update_trust's reference (see norm_screened_rows).
+NORM_OUTLIER_FACTOR = 3.0
 
-    A Krum-style score (Blanchard et al., NeurIPS 2017) with f = n - n // 2 - 1, the most a strict majority
-    allows: honest updates lie near each other, independent noise lies far from everything, so the core stays
-    honest-led even in a round that draws half its parties from the attackers (where a plain median does not).
+
+def norm_screened_rows(updates: torch.Tensor, factor: float = NORM_OUTLIER_FACTOR) -> torch.Tensor:
+    """Indices of the rows whose norm is at most ``factor`` times the lower median norm.
+
+    The rows at or below the lower median norm always stay, so the screened set is at least half the round
+    whatever the attackers send; Gaussian noise and scaled updates lie far above it and leave.
     """
-    n = updates.shape[0]
-    if n < 3:
-        return torch.arange(n)
-    distances = torch.cdist(updates.double().unsqueeze(0), updates.double().unsqueeze(0)).squeeze(0)
-    nearest = distances.sort(dim=1).values[:, 1 : n // 2 + 1]  # column 0: the row itself
-    return nearest.sum(dim=1).argsort(stable=True)[: n // 2 + 1].sort().values
+    norms = updates.norm(dim=1)
+    lower_median = norms.sort().values[(norms.numel() - 1) // 2]
+    return torch.nonzero(norms <= factor * lower_median).flatten()
+
+
+def trust_reference(updates: torch.Tensor) -> torch.Tensor:
+    """The coordinate-wise median of the :func:`norm_screened_rows` updates: update_trust's reference."""
+    return coordinate_median(updates[norm_screened_rows(updates)])
 
 
 def median_trust_scores(updates: torch.Tensor) -> torch.Tensor:
-    """max(0, cos(u_i, m)) * min(1, ||m|| / ||u_i||), with m the coordinate-wise median of the round's
-    :func:`majority_core` updates.
+    """max(0, cos(u_i, m)) * min(1, ||m|| / ||u_i||), with m the :func:`trust_reference`.
 
     FLTrust's trust score and norm bound (Cao et al., "FLTrust: Byzantine-robust
     Federated Learning via Trust Bootstrapping", NDSS 2021) as one weight, with
@@ -112,10 +117,13 @@ def median_trust_scores(updates: torch.Tensor) -> torch.Tensor:
     data set. The cosine alone lets a party with a huge update in almost any
     direction (Gaussian noise, an update scaled x10) keep a weight that its
     norm multiplies; the norm factor caps what weight x norm a party adds to
-    the median's norm times its cosine. The median over the majority core, not over every update: with 5
-    Gaussian attackers of 10 the plain median is half noise, and the rule lost the model in such rounds.
+    the median's norm times its cosine. The median leaves out the rows above
+    3x the lower median norm: with 5 Gaussian attackers of 10 the plain median
+    is half noise. A distance-based core (Krum's score) instead would let
+    colluding identical updates (sign flip, IPM, ALIE), which sit at distance
+    0 from each other, take the reference over from 3 of 10.
     """
-    reference = updates[majority_core(updates)].median(dim=0).values
+    reference = trust_reference(updates)
     cosine = torch.clamp(torch.nn.functional.cosine_similarity(updates, reference.unsqueeze(0), dim=1), min=0.0)
     norms = updates.norm(dim=1)
     bound = torch.where(norms > 0, reference.norm() / norms.clamp_min(1e-30), torch.ones_like(norms))

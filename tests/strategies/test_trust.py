@@ -9,9 +9,10 @@ from fedlight.strategies.trust import (
     label_fit_scores,
     label_surprise_scores,
     median_cosine_scores,
-    majority_core,
     median_trust_scores,
+    norm_screened_rows,
     relative_loss_scores,
+    trust_reference,
 )
 
 
@@ -63,29 +64,40 @@ def test_median_cosine_scores_floor_at_zero():
 FIVE_UPDATES = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 4.0], [-1.0, 0.0], [20.0, 0.0]])
 
 
-def test_majority_core_hand_computed():
-    # distances: ab 1, ad 2, bd 3, bc sqrt(17) = 4.12, ac sqrt(20) = 4.47, cd sqrt(32), ce sqrt(305), be 18, ae 19, de 21;
-    # sums over the n // 2 = 2 nearest: a 1 + 2 = 3, b 1 + 3 = 4, c 4.12 + 4.47, d 2 + 3 = 5, e 17.46 + 18: keep 3
-    assert majority_core(FIVE_UPDATES).tolist() == [0, 1, 3]
-    assert majority_core(FIVE_UPDATES[:2]).tolist() == [0, 1]
+def test_norm_screen_keeps_rows_up_to_three_times_the_lower_median_norm():
+    # norms 1, 2, 5, 1, 20; sorted 1, 1, 2, 5, 20: lower median 2, so rows of norm <= 6 stay
+    assert norm_screened_rows(FIVE_UPDATES).tolist() == [0, 1, 2, 3]
+    assert norm_screened_rows(FIVE_UPDATES, factor=1.0).tolist() == [0, 1, 3]
+    # an even count takes the lower of the two middle norms: 1, 1, 12.7, 14.1 -> 1
+    assert norm_screened_rows(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-9.0, -9.0], [-10.0, -10.0]])).tolist() == [0, 1]
 
 
 def test_median_trust_scores_bound_the_norm():
-    # the core's coordinate-wise median: median of [1, 2, -1] and of [0, 0, 0], [1, 0], norm 1.
-    # Cosines 1, 1, 3/5, -1 -> 0, 1; norm factors min(1, 1/1) = 1, 1/2, 1/5, 1/1, 1/20.
+    # the screened rows' coordinate-wise median: x of [1, 2, 3, -1] -> (1 + 2) / 2, y of [0, 0, 4, 0] -> 0; [1.5, 0].
+    # Cosines 1, 1, 3/5, -1 -> 0, 1; norm factors min(1, 1.5/1) = 1, 1.5/2, 1.5/5, 1.5/1, 1.5/20.
+    assert torch.allclose(trust_reference(FIVE_UPDATES), torch.tensor([1.5, 0.0]))
     scores = median_trust_scores(FIVE_UPDATES)
-    assert torch.allclose(scores, torch.tensor([1.0, 0.5, 0.6 * 0.2, 0.0, 0.05]))
-    # a party scaled x20 adds what the reference adds: weight x norm 0.05 x 20 = 1
-    assert torch.isclose(scores[4] * FIVE_UPDATES[4].norm(), FIVE_UPDATES[0].norm())
+    assert torch.allclose(scores, torch.tensor([1.0, 0.75, 0.6 * 0.3, 0.0, 0.075]))
+    # a party scaled x20 adds what the reference adds: weight x norm 0.075 x 20 = 1.5
+    assert torch.isclose(scores[4] * FIVE_UPDATES[4].norm(), torch.tensor(1.5))
 
 
-def test_median_trust_scores_hold_when_half_the_round_attacks():
+def test_median_trust_scores_hold_when_half_the_round_sends_large_updates():
     updates = torch.tensor([[1.0, 0.0], [1.0, 0.0], [-9.0, -9.0], [-10.0, -10.0]])
-    # the plain (lower) median of the four is [-9, -9], an attacker's update, which would trust the attackers.
-    # Sums over the 2 nearest: honest 0 + sqrt(181) = 13.45 each, [-9, -9] sqrt(2) + 13.45, [-10, -10] sqrt(2) + sqrt(221):
-    # the core is both honest rows and [-9, -9]; its median [1, 0]; the attackers' cosines are negative.
-    assert majority_core(updates).tolist() == [0, 1, 2]
+    # the plain median of the four is [-4, -4.5], half the attackers', which would trust them;
+    # the screen keeps the two honest rows (norm 1 <= 3 x 1), whose median is [1, 0]
     assert torch.allclose(median_trust_scores(updates), torch.tensor([1.0, 1.0, 0.0, 0.0]))
+
+
+def test_identical_colluding_updates_do_not_take_the_reference_over():
+    honest = torch.tensor([[4.0, 1.0], [1.0, 4.0], [4.0, 4.0]])
+    updates = torch.cat([honest, torch.tensor([[-1.0, -1.0], [-1.0, -1.0]])])
+    # Krum-style core of 3 (sums of distances to the 2 nearest): the attackers 0 + sqrt(29) = 5.39 each, [4, 4]
+    # 3 + 3 = 6, the others 3 + sqrt(18) = 7.24: its median would be the attackers' [-1, -1].
+    # Norms 4.12, 4.12, 5.66, 1.41, 1.41: all stay; x of [4, 1, 4, -1, -1] -> 1, y likewise: reference [1, 1].
+    # Honest: cos 5 / sqrt(34) x norm factor sqrt(2) / sqrt(17) = 5 / 17, and cos 1 x sqrt(2) / sqrt(32) = 1 / 4
+    assert torch.allclose(trust_reference(updates), torch.tensor([1.0, 1.0]))
+    assert torch.allclose(median_trust_scores(updates), torch.tensor([5 / 17, 5 / 17, 0.25, 0.0, 0.0]))
 
 
 def test_median_trust_scores_zero_update_keeps_its_cosine():
