@@ -119,7 +119,6 @@ _FLAG_TYPES: dict[str, tuple[type, str]] = {
     "registered_model": (str, "register the final model under this name (\"\" for none)"),
     "checkpoint_every": (int, "checkpoint every N rounds for --resume (default 1; 0: none)"),
     "keep_checkpoints": (bool, "keep the run's checkpoints after it finishes"),
-    "metrics_flush_s": (float, "seconds between writes of the per-round metrics to MLflow (default 2; 0: every round)"),
     "log_party_metrics": (bool, "also log each party's series (alpha/<client>, dp_epsilon/<client>, ...) as MLflow "
                                 "metrics; they are always in the run's party_metrics.json table"),
 }

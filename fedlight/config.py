@@ -165,11 +165,6 @@ class TrackingConfig:
     files that changed since the last one, small next to a round's training,
     and a killed run then loses at most the round it was in.
     ``keep_checkpoints``: keep the run's checkpoint folder after it finishes.
-    ``metrics_flush_s``: seconds between writes of the per-round metrics to
-    MLflow (0: after every round). 2 s by default: a write (one SQLite
-    commit) costs 6-15 ms, up to 6% of a small CNN's round on FEMNIST, and a
-    run killed before a write loses nothing (its resume replays the
-    checkpointed rounds), so the MLflow UI lags by at most 2 s.
     ``run_name``: the MLflow run's name; None names it after the run
     (:func:`fedlight.tracking.default_run_name`, ``adaptive-quality-femnist-s0``).
     ``log_party_metrics``: also log each party's series (``alpha/<client>``,
@@ -184,7 +179,6 @@ class TrackingConfig:
     registered_model: str | None = "fedlight-global"
     checkpoint_every: int = 1
     keep_checkpoints: bool = False
-    metrics_flush_s: float = 2.0
     log_party_metrics: bool = False
 
 
@@ -335,7 +329,6 @@ CLI_FIELDS: dict[str, tuple[str, str]] = {
     "registered_model": ("tracking", "registered_model"),
     "checkpoint_every": ("tracking", "checkpoint_every"),
     "keep_checkpoints": ("tracking", "keep_checkpoints"),
-    "metrics_flush_s": ("tracking", "metrics_flush_s"),
     "log_party_metrics": ("tracking", "log_party_metrics"),
 }
 
@@ -493,8 +486,6 @@ def validate(config: RunConfig) -> None:
              "--run-name must not be empty (leave it out to name the run after its strategy, data and seed)")
     _require(config.tracking.checkpoint_every >= 0,
              f"--checkpoint-every must be non-negative (0: no checkpoints), got {config.tracking.checkpoint_every}")
-    _require(math.isfinite(config.tracking.metrics_flush_s) and config.tracking.metrics_flush_s >= 0,
-             f"--metrics-flush-s must be a non-negative number of seconds (0: every round), got {config.tracking.metrics_flush_s}")
     dp = config.privacy
     _require(dp.mode in DP_MODES, f"unknown --dp-mode {dp.mode!r}; choose from {', '.join(DP_MODES)}")
     _require(dp.accountant in DP_ACCOUNTANTS, f"unknown --dp-accountant {dp.accountant!r}; choose from {', '.join(DP_ACCOUNTANTS)}")

@@ -263,7 +263,6 @@ def _train_and_log(
         params=config.flat_params(),
         parent_run_id=parent_run_id,
         log_party_metrics=config.tracking.log_party_metrics,
-        metrics_flush_s=config.tracking.metrics_flush_s,
         parties=[c.name for c in data.clients],
         corrupted=data.corrupted_clients,
         resume_run_id=resume.run_id if resume is not None else None,

@@ -44,7 +44,7 @@ RESUMED_FROM_TAG = "fedlight.resumed_from_round"
 FORCED_TAG = "fedlight.forced_resume"
 # options that change where things are kept or what they are called, not what is trained
 _NOT_DIGESTED = {("tracking", "tracking_uri"), ("tracking", "run_name"), ("tracking", "checkpoint_every"),
-                 ("tracking", "keep_checkpoints"), ("tracking", "metrics_flush_s")}
+                 ("tracking", "keep_checkpoints")}
 
 
 def _digested(config: RunConfig) -> dict[str, Any]:

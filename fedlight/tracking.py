@@ -39,9 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
-import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -52,7 +50,6 @@ import mlflow
 import numpy as np
 import torch
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from torch import nn
 
@@ -273,15 +270,13 @@ class MlflowRun:
         params: dict[str, Any] | None = None,
         parent_run_id: str | None = None,
         log_party_metrics: bool = False,
-        metrics_flush_s: float = 0.0,
         parties: Sequence[str] = (),
         corrupted: Iterable[int] = (),
         resume_run_id: str | None = None,
         logged: dict[str, set[int]] | None = None,
     ):
         """``resume_run_id`` continues that run (RUNNING again; its params stay, new ones are added)
-        instead of starting one; ``logged`` (metric -> steps) are values the run holds and never logs twice;
-        ``metrics_flush_s``: the least seconds between two writes of queued metrics (0: every call)."""
+        instead of starting one; ``logged`` (metric -> steps) are values the run holds and never logs twice."""
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.experiment = experiment
         self.run_name = run_name
@@ -289,7 +284,6 @@ class MlflowRun:
         self.params = params or {}
         self.parent_run_id = parent_run_id
         self.log_party_metrics = log_party_metrics
-        self.metrics_flush_s = metrics_flush_s
         self.parties = list(parties)
         self.corrupted = set(corrupted)
         self._client_of_party = {name: cid for cid, name in enumerate(self.parties)}
@@ -299,8 +293,6 @@ class MlflowRun:
         self.experiment_id: str | None = None
         self.resume_run_id = resume_run_id
         self.logged = {k: set(v) for k, v in (logged or {}).items()}
-        self._pending: list[Metric] = []
-        self._last_flush = -math.inf  # the first metrics are written at once
 
     def __enter__(self) -> MlflowRun:
         mlflow.set_tracking_uri(self.tracking_uri)
@@ -323,12 +315,6 @@ class MlflowRun:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         table_error = None
-        try:
-            self.flush_metrics()
-        except Exception as error:  # noqa: BLE001 - the run must still end, FAILED
-            if exc_type is None:
-                table_error = error
-                exc_type, exc = type(error), error
         if exc_type is None:
             # A finished run's table, like its history.json: a failed run that is resumed replays its rounds
             # (fedlight.resume.restore_run), and log_table would append them to a table logged at its failure.
@@ -401,25 +387,12 @@ class MlflowRun:
         self._log_unlogged(headline | self._summaries(), step=server_round)
 
     def _log_unlogged(self, metrics: dict[str, float], step: int) -> None:
-        """Queue the values at ``step`` that the run does not hold yet (a resumed run trains some rounds again);
-        the queue is written once ``metrics_flush_s`` seconds have passed since the last write. Values
-        queued when the process dies are not lost: the rounds after the last checkpoint are trained again,
-        and :func:`fedlight.resume.restore_run` replays the checkpoint's history into the run."""
+        """Log the values at ``step`` that the run does not hold yet (a resumed run trains some rounds again)."""
         fresh = {k: float(v) for k, v in metrics.items() if step not in self.logged.get(k, ())}
         if fresh:
-            now = int(time.time() * 1000)
-            self._pending.extend(Metric(key, value, now, step) for key, value in fresh.items())
+            mlflow.log_metrics(fresh, step=step)
             for key in fresh:
                 self.logged.setdefault(key, set()).add(step)
-        if time.monotonic() - self._last_flush >= self.metrics_flush_s:
-            self.flush_metrics()
-
-    def flush_metrics(self) -> None:
-        """Write the queued metrics in one batch (MLflow splits batches over its 1000-metric limit)."""
-        self._last_flush = time.monotonic()
-        if self._pending and self.run_id is not None:
-            pending, self._pending = self._pending, []
-            mlflow.MlflowClient(self.tracking_uri).log_batch(self.run_id, metrics=pending)
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         """Run-level metrics (``final_*``): per-party keys only with ``log_party_metrics`` (their values are in the table)."""

@@ -171,8 +171,8 @@ def test_a_kind_a_user_chose_is_kept_and_empty_run_name_refused(tracking_uri, ca
 
 def test_a_run_that_loses_the_dataset_insert_race_links_the_dataset_the_winner_wrote(tracking_uri, monkeypatch):
     """Two runs logging one new dataset at once: both find no row, the second insert breaks the unique key."""
-    from mlflow.data.http_dataset_source import HTTPDatasetSource
     from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
     from sqlalchemy.orm import Query
 
@@ -219,39 +219,3 @@ def test_dataset_errors_other_than_the_race_are_not_retried(tracking_uri, monkey
             run.log_dataset(object())
     assert len(calls) == 1
     assert mlflow.MlflowClient(tracking_uri).get_run(run.run_id).info.status == "FAILED"
-
-
-def _metric_steps(client, run_id, key):
-    return [m.step for m in client.get_metric_history(run_id, key)]
-
-
-def test_round_metrics_are_queued_between_writes_and_written_before_the_run_ends(tracking_uri, monkeypatch):
-    clock = [100.0]
-    monkeypatch.setattr("fedlight.tracking.time.monotonic", lambda: clock[0])
-    client = mlflow.MlflowClient(tracking_uri)
-    with MlflowRun(tracking_uri=tracking_uri, experiment="queue", metrics_flush_s=2.0) as run:
-        run.on_round_end(1, {"train_loss": 1.0})  # the first values are written at once
-        assert _metric_steps(client, run.run_id, "train_loss") == [1]
-        clock[0] += 1.0
-        run.on_round_end(2, {"train_loss": 0.9})
-        run.on_round_end(2, {"train_loss": 0.5})  # a step the run holds (a resumed round) is not queued twice
-        assert _metric_steps(client, run.run_id, "train_loss") == [1]
-        clock[0] += 1.0
-        run.on_round_end(3, {"train_loss": 0.8})  # 2 s after the last write: rounds 2 and 3 in one batch
-        assert _metric_steps(client, run.run_id, "train_loss") == [1, 2, 3]
-        run.on_round_end(4, {"train_loss": 0.7})
-        run.log_metrics({"final_accuracy": 0.5})
-        assert _metric_steps(client, run.run_id, "train_loss") == [1, 2, 3]
-    assert [m.value for m in client.get_metric_history(run.run_id, "train_loss")] == [1.0, 0.9, 0.8, 0.7]
-    assert client.get_run(run.run_id).data.metrics["final_accuracy"] == 0.5
-
-
-def test_a_failing_run_writes_its_queued_metrics_and_ends_failed(tracking_uri):
-    client = mlflow.MlflowClient(tracking_uri)
-    with pytest.raises(RuntimeError):
-        with MlflowRun(tracking_uri=tracking_uri, experiment="queue", metrics_flush_s=3600.0) as run:
-            run.on_round_end(1, {"train_loss": 1.0})
-            run.on_round_end(2, {"train_loss": 0.9})
-            raise RuntimeError("a party's fit failed")
-    assert _metric_steps(client, run.run_id, "train_loss") == [1, 2]
-    assert client.get_run(run.run_id).info.status == "FAILED"
