@@ -171,8 +171,8 @@ def test_a_kind_a_user_chose_is_kept_and_empty_run_name_refused(tracking_uri, ca
 
 def test_a_run_that_loses_the_dataset_insert_race_links_the_dataset_the_winner_wrote(tracking_uri, monkeypatch):
     """Two runs logging one new dataset at once: both find no row, the second insert breaks the unique key."""
-    from mlflow.data.meta_dataset import MetaDataset
     from mlflow.data.http_dataset_source import HTTPDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
     from sqlalchemy.orm import Query
 
