@@ -10,8 +10,9 @@ alpha_i starts at 1 and, each round party i takes part, moves as
 alpha_i <- clip((1 - m) alpha_i + m s_i, alpha_min, alpha_max), where the
 score s_i in [0, 1] comes from a rule in :data:`~fedlight.strategies.trust.ALPHA_RULES`:
 ``uniform`` (FedAvg), ``loss`` (local validation loss), ``similarity``
-(cosine with the median update), ``update_trust`` (that cosine times a bound
-on the update's norm by the median's, FLTrust's score), ``global_loss`` (the global model's loss on
+(cosine with the median update), ``update_trust`` (FLTrust's score: the
+cosine with the median of the updates up to 3x the lower median norm, times
+a bound on the update's norm by that median's), ``global_loss`` (the global model's loss on
 the party's data before local training, relative to the round's median) or
 ``quality``, the default: the party's *label surprise* CE_i - H_i, the
 global model's cross-entropy on the party's labels minus the entropy of its

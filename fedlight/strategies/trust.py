@@ -88,19 +88,39 @@ def median_cosine_scores(updates: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.nn.functional.cosine_similarity(updates, reference.unsqueeze(0), dim=1), min=0.0)
 
 
-# Rows above this multiple of the lower median norm stay out of update_trust's reference (see norm_screened_rows).
+# Rows above this multiple of the majority core's upper median norm stay out of update_trust's reference.
 NORM_OUTLIER_FACTOR = 3.0
 
 
-def norm_screened_rows(updates: torch.Tensor, factor: float = NORM_OUTLIER_FACTOR) -> torch.Tensor:
-    """Indices of the rows whose norm is at most ``factor`` times the lower median norm.
+def majority_core(updates: torch.Tensor) -> torch.Tensor:
+    """Indices of the n // 2 + 1 rows with the smallest sum of distances to their n // 2 nearest other rows.
 
-    The rows at or below the lower median norm always stay, so the screened set is at least half the round
-    whatever the attackers send; Gaussian noise and scaled updates lie far above it and leave.
+    A Krum-style score (Blanchard et al., NeurIPS 2017) with f = n - n // 2 - 1, the most a strict majority
+    allows: honest updates lie near each other and independent noise far from everything, so the core holds
+    honest rows even in a round that draws most of its parties from noise senders. Identical updates sent
+    by colluding parties lie at distance 0 from each other and can fill the core.
+    """
+    n = updates.shape[0]
+    if n < 3:
+        return torch.arange(n)
+    distances = torch.cdist(updates.double().unsqueeze(0), updates.double().unsqueeze(0)).squeeze(0)
+    nearest = distances.sort(dim=1).values[:, 1 : n // 2 + 1]  # column 0: the row itself
+    return nearest.sum(dim=1).argsort(stable=True)[: n // 2 + 1].sort().values
+
+
+def norm_screened_rows(updates: torch.Tensor, factor: float = NORM_OUTLIER_FACTOR) -> torch.Tensor:
+    """Indices of the rows whose norm is at most ``factor`` times the upper median norm of the :func:`majority_core`.
+
+    The core sets the scale, so a majority of large updates (Gaussian noise) does not; colluding identical
+    updates with a small norm (IPM, sign flip) may fill up to half the core (3 of its 6 rows in a round of
+    10), and its upper median is then still an honest row's norm. 3: the updates of parties that took a
+    few times more local steps than the core's stay, while Gaussian noise of std 1 over a model's hundreds
+    of thousands of coordinates lies far above.
     """
     norms = updates.norm(dim=1)
-    lower_median = norms.sort().values[(norms.numel() - 1) // 2]
-    return torch.nonzero(norms <= factor * lower_median).flatten()
+    core = norms[majority_core(updates)].sort().values
+    scale = core[core.numel() // 2]
+    return torch.nonzero(norms <= factor * scale).flatten()
 
 
 def trust_reference(updates: torch.Tensor) -> torch.Tensor:
@@ -117,11 +137,11 @@ def median_trust_scores(updates: torch.Tensor) -> torch.Tensor:
     data set. The cosine alone lets a party with a huge update in almost any
     direction (Gaussian noise, an update scaled x10) keep a weight that its
     norm multiplies; the norm factor caps what weight x norm a party adds to
-    the median's norm times its cosine. The median leaves out the rows above
-    3x the lower median norm: with 5 Gaussian attackers of 10 the plain median
-    is half noise. A distance-based core (Krum's score) instead would let
-    colluding identical updates (sign flip, IPM, ALIE), which sit at distance
-    0 from each other, take the reference over from 3 of 10.
+    the median's norm times its cosine. The median is over the rows up to 3x
+    the majority core's norm scale: with most of a round's updates Gaussian
+    noise, the plain median is noise. The core's own median instead would let
+    colluding identical updates (sign flip, IPM), which sit at distance 0
+    from each other, take the reference over from 3 of 10.
     """
     reference = trust_reference(updates)
     cosine = torch.clamp(torch.nn.functional.cosine_similarity(updates, reference.unsqueeze(0), dim=1), min=0.0)
