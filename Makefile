@@ -25,8 +25,10 @@ $(BIN)/fedlight: pyproject.toml
 run: install
 	$(BIN)/fedlight run --config configs/digits.yaml
 
+## The whole suite on TEST_WORKERS processes (pytest-xdist; a file's tests stay in one, in order).
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 ## fedlight against a hand-written plain-PyTorch FedAvg and Flower 1.42's simulation (process wall and rounds
 ## only; LEAF CNN 20 rounds, small CNN 60), its sequential executor against Ray (2 workers) at 10 and 50 clients

@@ -110,7 +110,7 @@ _FLAG_TYPES: dict[str, tuple[type, str]] = {
     "workers": (int, "Ray worker actors (default: as many as the cluster's CPUs and GPUs hold)"),
     "worker_cpus": (float, "CPUs (and torch threads) per Ray worker"),
     "worker_gpus": (float, "GPUs per Ray worker (fractional, e.g. 0.25)"),
-    "ray_address": (str, "a running Ray cluster (host:port or auto); default: a local one for the run"),
+    "ray_address": (str, "a running Ray cluster (host:port or auto); default: $RAY_ADDRESS if set, else a local one for the run"),
     "accelerator": (str, "client fits and evaluation on: auto, cpu or gpu"),
     "min_clients": (int, "results below which a round is not aggregated (the model is kept; logged round_skipped)"),
     "experiment": (str, "MLflow experiment name"),

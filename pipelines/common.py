@@ -200,6 +200,9 @@ def write_table(out: Path, text: str, rows: list[dict[str, Any]]) -> list[Path]:
     return [out / "table.md", out / "table.csv"]
 
 
+QUICK_LOCAL_STEPS = 5  # a smoke test checks the plumbing: a whole local epoch at batch 10 is tens of steps
+
+
 def pipeline_parser(doc: str, *, name: str, seeds: Sequence[int] = (0, 1, 2)) -> argparse.ArgumentParser:
     """The options every FEMNIST pipeline shares; ``--quick`` shrinks a run to a smoke test."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
@@ -213,7 +216,8 @@ def pipeline_parser(doc: str, *, name: str, seeds: Sequence[int] = (0, 1, 2)) ->
     parser.add_argument("--experiment", default=name.replace("_", "-"))
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--out", default=str(REPO / "pipelines" / "results" / name))
-    parser.add_argument("--quick", action="store_true", help="3 rounds, 12 writers, 1 seed (for tests)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"3 rounds, 12 writers, 1 seed, at most {QUICK_LOCAL_STEPS} local steps a fit (for tests)")
     return parser
 
 
@@ -221,6 +225,7 @@ def parse_pipeline_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.rounds, args.clients_per_round, args.num_clients, args.eval_every = [0], 3, 4, 12, 1
+        args.local_steps = QUICK_LOCAL_STEPS
     if not Path(args.data_dir).is_dir():
         raise FedlightError(f"data directory not found: {args.data_dir}")
     return args
@@ -242,6 +247,8 @@ def run_sections(args: argparse.Namespace, *, data: dict[str, Any], strategy: st
         "tracking": {"experiment": args.experiment, "tracking_uri": args.tracking_uri, "registered_model": None,
                      "run_name": run_name},
     }
+    if getattr(args, "local_steps", None):  # --quick; a full run's config (and its runs.jsonl key) is unchanged
+        sections["training"]["local_steps"] = args.local_steps
     if privacy is not None:
         sections["privacy"] = privacy
     return sections

@@ -50,6 +50,14 @@ class _Worker:
         return self.trainer.run(task, global_params)
 
 
+def ray_init_address(address: str | None) -> str:
+    """What ``ray.init`` is given: ``--ray-address``, else ``$RAY_ADDRESS``, else ``"local"`` (a new local Ray).
+
+    Not None: ``ray.init(address=None)`` joins the last cluster that ``ray start`` left running on this machine.
+    """
+    return address or os.environ.get("RAY_ADDRESS") or "local"
+
+
 class RayExecutor:
     """Runs the round's tasks on ``workers`` Ray actors (see the module docstring)."""
 
@@ -75,11 +83,12 @@ class RayExecutor:
 
         started = time.perf_counter()
         if not ray.is_initialized():
+            address = ray_init_address(self.address)
             try:
-                ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                ray.init(address=address, include_dashboard=False, log_to_driver=False,
                          configure_logging=True, logging_level="ERROR")
             except ConnectionError as exc:
-                raise ConfigError(f"--ray-address {self.address}: {exc}") from None
+                raise ConfigError(f"--ray-address {address}: {exc}") from None
             self._started_ray = True
         available = ray.cluster_resources()
         cpus, gpus = available.get("CPU", 1.0), available.get("GPU", 0.0)

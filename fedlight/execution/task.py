@@ -78,6 +78,20 @@ def task_seed(seed: int, server_round: int, client_id: int) -> int:
     return int(np.random.SeedSequence([seed, server_round, client_id]).generate_state(1)[0])
 
 
+def seed_torch(seed: int, *, accelerator: str) -> None:
+    """Seed torch's global generators for one client fit on ``accelerator`` (``"cpu"`` or ``"gpu"``).
+
+    ``torch.manual_seed`` also queues the seed for each accelerator that is
+    not initialised yet (CUDA, XPU, MTIA), capturing the caller's stack each
+    time: 0.2 ms a call here, once per client fit. A CPU fit draws only from
+    the CPU generator, which both calls seed alike; a GPU fit seeds them all.
+    """
+    if accelerator == "cpu":
+        torch.default_generator.manual_seed(seed)
+    else:
+        torch.manual_seed(seed)
+
+
 class ClientTrainer:
     """Runs :class:`ClientTask` s: the run's model (a private copy to train in), data and settings."""
 
@@ -104,14 +118,14 @@ class ClientTrainer:
     def _fit(self, task: ClientTask, global_params: Params, updates: dict[str, Any]) -> ClientResult:
         s, plan = self.settings, task.plan
         client = self.data.clients[task.client_id]
-        torch.manual_seed(task.seed)  # dropout and the like: the same draws on any worker
+        accelerator = s.accelerator
+        if accelerator == "auto":
+            accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+        seed_torch(task.seed, accelerator=accelerator)  # dropout and the like: the same draws on any worker
         self.model.load_state_dict(global_params)
         user_module = is_lightning_module(self.model)
         module = self.model if user_module else ClientModule(self.model, lr=s.lr, momentum=s.momentum)
         loader = make_loader(client.train_x, client.train_y, batch_size=s.batch_size, seed=task.seed)
-        accelerator = s.accelerator
-        if accelerator == "auto":
-            accelerator = "gpu" if torch.cuda.is_available() else "cpu"
         fit = dict(epochs=s.local_epochs, max_steps=s.local_steps, accelerator=accelerator)
         if user_module:
             name = model_name(self.model)

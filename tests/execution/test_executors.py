@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield
     ray.shutdown()
 
@@ -220,6 +220,17 @@ def test_ray_options_are_checked():
         build_executor("ray", workers=0)
     with pytest.raises(ConfigError, match="--executor"):
         build_executor("threads")
+
+
+def test_without_an_address_ray_starts_a_local_cluster_unless_ray_address_is_set(monkeypatch):
+    from fedlight.execution.ray_executor import ray_init_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert ray_init_address(None) == "local"  # not None: that would join a cluster `ray start` left running
+    assert ray_init_address("10.0.0.1:6379") == "10.0.0.1:6379"
+    monkeypatch.setenv("RAY_ADDRESS", "head:6379")
+    assert ray_init_address(None) == "head:6379"
+    assert ray_init_address("auto") == "auto"
 
 
 def _free_port() -> int:
