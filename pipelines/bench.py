@@ -434,7 +434,7 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from fedlight.privacy import GRAD_SAMPLE_MODES
+    from fedlight.config import DP_GRAD_SAMPLE_MODES as GRAD_SAMPLE_MODES  # fedlight.privacy imports torch and Opacus
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "femnist"))

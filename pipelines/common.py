@@ -29,7 +29,6 @@ sys.path.insert(0, str(REPO))
 
 from fedlight.config import build_config  # noqa: E402
 from fedlight.errors import FedlightError  # noqa: E402
-from fedlight.strategies import strategy_options  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -51,6 +50,9 @@ def resolved_config(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
     the strategy takes, so that a new adaptive default does not make FedAvg
     runs look changed.
     """
+    # imported here: it imports torch and Lightning, and a pipeline checks its arguments first
+    from fedlight.strategies import strategy_options
+
     config = build_config(sections).to_dict()
     del config["tracking"]
     strategy = config["strategy"]

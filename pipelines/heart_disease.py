@@ -35,8 +35,8 @@ from typing import Any
 
 from common import REPO, Job, guard, log_summary_run, markdown_table, mean_std, run_grid, write_table
 
+from fedlight.config import STRATEGY_NAMES as STRATEGIES  # the built-ins, without importing torch
 from fedlight.errors import FedlightError
-from fedlight.strategies import STRATEGIES
 
 HOSPITALS = ("cleveland", "hungarian", "switzerland", "va")
 # FLamby's published results (mean of the four hospitals' test accuracies over seeds 42-46, and pooled test accuracy).

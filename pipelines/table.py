@@ -30,7 +30,7 @@ from common import (
     run_sections,
 )
 
-from fedlight.strategies import STRATEGIES
+from fedlight.config import STRATEGY_NAMES as STRATEGIES  # the built-ins, without importing torch
 
 METRICS = ("accuracy", "precision", "recall", "f1")
 CONDITIONS = {

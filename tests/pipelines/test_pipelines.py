@@ -1,6 +1,7 @@
 """The pipelines' --quick modes run end to end on the real FEMNIST subset."""
 
 import csv
+import json
 import subprocess
 import sys
 
@@ -48,12 +49,35 @@ def test_table_quick(tmp_path):
     assert all(0 <= float(r["recall_mean"]) <= 1 for r in rows)
 
 
-def test_pipeline_bad_data_dir_is_one_line(tmp_path):
+HEAVY = ("torch", "lightning", "mlflow", "opacus")
+# Runs a pipeline script as `python pipelines/NAME.py ARGS` would, then prints its exit status and the heavy modules
+# it imported (a fresh interpreter: this test process has long imported torch).
+PROBE = """
+import json, runpy, sys
+from pathlib import Path
+sys.argv = sys.argv[1:]
+sys.path.insert(0, str(Path(sys.argv[0]).parent))
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+    code = 0
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({"code": code, "heavy": sorted(m for m in HEAVY if m in sys.modules)}))
+""".replace("HEAVY", repr(HEAVY))
+PIPELINES = ("bench", "byzantine", "convergence", "crossdomain", "heart_disease", "noisy_parties", "privacy", "scale",
+             "table", "volume")
+
+
+@pytest.mark.parametrize("name", PIPELINES)
+def test_pipeline_bad_data_dir_is_one_line_before_importing_torch(name, tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(REPO / "pipelines" / "table.py"), "--quick", "--data-dir", str(tmp_path / "none")],
+        [sys.executable, "-c", PROBE, str(REPO / "pipelines" / f"{name}.py"), "--quick", "--data-dir", str(tmp_path / "none")],
         capture_output=True, text=True, timeout=120,
     )
-    assert proc.returncode == 2 and "data directory not found" in proc.stderr and "Traceback" not in proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["code"] == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("pipeline: error: data directory not found") and len(proc.stderr.strip().splitlines()) == 1
+    assert result["heavy"] == []  # what made a typo cost 5 s: torch and Lightning imported before the check
 
 
 def test_pipeline_bad_setting_is_one_line_and_writes_nothing(tmp_path):
